@@ -1,0 +1,3 @@
+from par.cli import main
+
+raise SystemExit(main())
