@@ -1,0 +1,106 @@
+"""KV-cached parallel decoding (paper Fig. 4).
+
+One loop serves every order: it walks `Layout.calls`, the blocks of sequence positions of each forward
+call. For PAR with n tokens per step that is
+
+  prefill  [cls]                                   → z_0
+  n−1 sequential calls, feeding z_0 … z_{n-2}      → z_1 … z_{n-1}
+  transition call [z_{n-1}, spe_0 … spe_{n-2}]     → z_n … z_{2n-1}   (one token per region)
+  parallel calls, feeding the n tokens just drawn  → the next n tokens
+
+1 + (n−1) + (N−n)/n calls in all (147 for n=4, 51 for n=16 at 24×24). The raster baseline is the
+same loop with one position per call. With classifier-free guidance the batch is doubled
+([labels; null class], identical image tokens) and the n distributions of a call are sampled
+independently from `uncond + s·(cond − uncond)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from par.model import Transformer
+
+
+@dataclass
+class SamplingConfig:
+    cfg_scale: float = 1.0  # > 1 enables classifier-free guidance
+    temperature: float = 1.0  # 0 → greedy (argmax)
+    top_k: int = 0  # 0 → off
+    top_p: float = 1.0  # 1 → off
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k then nucleus (top-p) filtering over the last dim; removed entries become -inf."""
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cum > top_p
+        remove[..., 1:] = remove[..., :-1].clone()  # keep the first token that crosses top_p
+        remove[..., 0] = False
+        logits = logits.masked_fill(remove.scatter(-1, idx, remove), float("-inf"))
+    return logits
+
+
+def sample_tokens(logits: torch.Tensor, sc: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, k, V) float32 → (B, k) token ids, each position drawn independently."""
+    if sc.temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits / max(sc.temperature, 1e-5), sc.top_k, sc.top_p).softmax(-1)
+    return torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(logits.shape[:-1])
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    labels: torch.Tensor,
+    sampling: SamplingConfig = SamplingConfig(),
+    generator: torch.Generator | None = None,
+    return_logits: bool = False,
+    step_fn=None,
+):
+    """Sample images' token grids for class `labels` (B,). Returns tokens (B, N) in **raster** order
+    (ready for the VQ decoder); with `return_logits`, also a dict of per-position logits (generation
+    order): `guided`, `cond` and (with CFG) `uncond`, each (B, N, V).
+
+    `step_fn` replaces `model.decode_step` (e.g. a torch.compile'd version with the same signature).
+    """
+    was_training = model.training
+    model.eval()
+    B, device = labels.shape[0], labels.device
+    cfg = sampling.cfg_scale > 1.0
+    null = torch.full_like(labels, model.config.num_classes)
+    cond_labels = torch.cat([labels, null]) if cfg else labels
+    rows = cond_labels.shape[0]
+    N = model.num_tokens
+    tokens = torch.zeros(rows, N, dtype=torch.long, device=device)  # generation order, both CFG halves
+    model.setup_caches(rows)
+    step = step_fn or model.decode_step
+    kept = {"guided": [], "cond": [], "uncond": []} if return_logits else None
+    try:
+        for start, end in model.order.layout.calls:
+            pos = torch.arange(start, end, device=device)
+            logits = step(tokens, cond_labels, pos)
+            if cfg:
+                cond, uncond = logits.split(B)
+                guided = uncond + sampling.cfg_scale * (cond - uncond)
+            else:
+                cond, uncond, guided = logits, None, logits
+            z = sample_tokens(guided, sampling, generator)
+            tokens[:, start:end] = z.repeat(rows // B, 1)
+            if kept is not None:
+                kept["guided"].append(guided)
+                kept["cond"].append(cond)
+                if cfg:
+                    kept["uncond"].append(uncond)
+    finally:
+        model.clear_caches()
+        model.train(was_training)
+    out = model.order.to_raster(tokens[:B])
+    if kept is None:
+        return out
+    return out, {k: torch.cat(v, 1) for k, v in kept.items() if v}

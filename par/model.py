@@ -1,0 +1,457 @@
+"""The LlamaGen GPT with PAR's parallel-group modifications (paper §3.3).
+
+One readable file in the spirit of nanoGPT. What PAR adds to LlamaGen is small and visible here:
+
+* `spe_tok_embeddings`: n−1 learnable transition tokens that stand in for the not-yet-generated
+  inputs of the first parallel group (`Layout.sources`);
+* a group attention mask: bidirectional inside a group of n, causal across groups (`Layout.block_end`);
+* 2D RoPE indexed by *sequence position*: each image token carries the angles of its own grid cell
+  (taken in generation order), while the class and transition tokens get an all-zero (cos, sin)
+  row — which zeroes their q and k exactly, as the released checkpoints were trained (not the
+  identity rotation). Video grids get 3D RoPE over (frame, row, col).
+
+Module and parameter names equal the reference implementation's, so the released `PAR-*.pt` and
+LlamaGen `c2i_*.pt` checkpoints load with `strict=True` (`load_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from par.errors import UserError
+from par.order import CLS, SPE, TOKEN, Order
+
+
+def find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - n % k
+
+
+@dataclass
+class ModelConfig:
+    # backbone (LlamaGen names)
+    dim: int = 1024
+    n_layer: int = 24
+    n_head: int = 16
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    drop_path_rate: float = 0.0
+    vocab_size: int = 16384
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1
+    # token grid and generation order (PAR)
+    grid: tuple[int, ...] = (24, 24)
+    order: str = "par"  # "raster" | "par"
+    n: int = 4  # tokens per step (ar_token_num); n - 1 transition tokens (spe_token_num)
+    initial_sequential: bool = True
+    group_attention: str = "full"  # "full" | "causal" (Table 3(c) ablation)
+
+    def __post_init__(self):
+        self.grid = tuple(int(g) for g in self.grid)
+        if self.dim % self.n_head:
+            raise UserError(f"model config: dim={self.dim} is not divisible by n_head={self.n_head}")
+        if self.head_dim % 2:
+            raise UserError(f"model config: head_dim={self.head_dim} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return find_multiple(hidden, self.multiple_of)
+
+    @property
+    def spe_token_num(self) -> int:
+        return self.n - 1 if self.order_obj.layout.n > 1 else 0
+
+    @property
+    def order_obj(self) -> Order:
+        return Order(self.grid, self.order, self.n, self.initial_sequential, self.group_attention)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"{source}: unknown model config field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def from_reference(cls, model_args: dict, family: str = "PAR") -> "ModelConfig":
+        """Build from the reference implementation's constructor arguments (golden `config.json`)."""
+        side = math.isqrt(int(model_args["block_size"]))
+        n = int(model_args.get("ar_token_num", 1)) if family == "PAR" else 1
+        keep = {k: model_args[k] for k in (
+            "dim", "n_layer", "n_head", "multiple_of", "ffn_dim_multiplier", "rope_base", "norm_eps",
+            "initializer_range", "token_dropout_p", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p",
+            "drop_path_rate", "vocab_size", "num_classes", "class_dropout_prob") if k in model_args}
+        if model_args.get("n_kv_head") not in (None, model_args["n_head"]):
+            raise UserError("grouped-query attention (n_kv_head != n_head) is not used by any PAR/LlamaGen c2i model")
+        return cls(**keep, grid=(side, side), order="par" if n > 1 else "raster", n=n)
+
+
+# Sizes of §5 (LlamaGen GPT-*), plus small CPU sizes standing in for them in the tiny preset.
+SIZES: dict[str, dict] = {
+    "GPT-B": dict(n_layer=12, n_head=12, dim=768),
+    "GPT-L": dict(n_layer=24, n_head=16, dim=1024),
+    "GPT-XL": dict(n_layer=36, n_head=20, dim=1280),
+    "GPT-XXL": dict(n_layer=48, n_head=24, dim=1536),
+    "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),
+    "tiny-S": dict(n_layer=2, n_head=4, dim=64, multiple_of=32),
+    "tiny-M": dict(n_layer=4, n_head=4, dim=128, multiple_of=32),
+    "tiny-L": dict(n_layer=6, n_head=6, dim=192, multiple_of=32),
+    "tiny-XL": dict(n_layer=8, n_head=8, dim=256, multiple_of=32),
+}
+
+
+def model_config(size: str, **overrides) -> ModelConfig:
+    if size not in SIZES:
+        raise UserError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+    return ModelConfig(**{**SIZES[size], **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding
+# ---------------------------------------------------------------------------------------------
+
+
+def rope_axis_freqs(num: int, base: float) -> torch.Tensor:
+    """`num` frequencies base^(-k/num), computed like the reference (float32)."""
+    return 1.0 / (base ** (torch.arange(0, 2 * num, 2)[:num].float() / (2 * num)))
+
+
+def rope_cell_table(grid: tuple[int, ...], head_dim: int, base: float) -> torch.Tensor:
+    """(num_cells, head_dim/2, 2) (cos, sin) per raster cell.
+
+    2D (reference): head_dim/4 row angles then head_dim/4 column angles. 3D (video): the head_dim/2
+    angle slots are split frame | row | col, rows and columns getting ⌊head_dim/6⌋ each.
+    """
+    half = head_dim // 2
+    if len(grid) == 2:
+        if half % 2:
+            raise UserError(f"head_dim={head_dim}: 2D RoPE needs head_dim divisible by 4")
+        splits = [half // 2, half // 2]
+    else:
+        hw = half // 3
+        splits = [half - 2 * hw, hw, hw]
+    coords = torch.stack(torch.meshgrid(*[torch.arange(g) for g in grid], indexing="ij"), -1).reshape(-1, len(grid))
+    angles = torch.cat([torch.outer(coords[:, a].float(), rope_axis_freqs(k, base)) for a, k in enumerate(splits)], -1)
+    return torch.stack([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def rope_sequence_table(order: Order, head_dim: int, base: float) -> torch.Tensor:
+    """(S, head_dim/2, 2) table indexed by sequence position: own-cell angles for image tokens, zero rows
+    (cos = sin = 0) for the class and transition tokens."""
+    kind, index = order.layout.sources
+    cells = rope_cell_table(order.grid, head_dim, base)[torch.as_tensor(order.perm)]  # order positions
+    table = torch.zeros(len(kind), head_dim // 2, 2)
+    is_tok = torch.as_tensor(kind == TOKEN)
+    table[is_tok] = cells[torch.as_tensor(index)[is_tok]]
+    return table
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H, hd); freqs (T, hd/2, 2). Adjacent channel pairs (2m, 2m+1), float32 math."""
+    xs = x.float().reshape(*x.shape[:-1], -1, 2)
+    f = freqs.view(1, xs.size(1), 1, xs.size(3), 2)
+    out = torch.stack(
+        [xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1], xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]], -1
+    )
+    return out.flatten(3).type_as(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules (reference names)
+# ---------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding with one extra row (index num_classes) = null class for CFG and label dropout."""
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes, self.dropout_prob = num_classes, dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), dim)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, self.num_classes, labels)
+        return self.embedding_table(labels)
+
+
+class SpecialEmbeddings(nn.Module):
+    def __init__(self, num: int, dim: int):
+        super().__init__()
+        self.special_embeddings = nn.Embedding(num, dim)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+        self.ffn_dropout = nn.Dropout(cfg.ffn_dropout_p)
+
+    def forward(self, x):
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class KVCache(nn.Module):
+    """Static (B, H, L, hd) key/value cache written at absolute sequence positions."""
+
+    def __init__(self, batch: int, n_head: int, length: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, n_head, length, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        self.k.index_copy_(2, pos, k)
+        self.v.index_copy_(2, pos, v)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim, self.dim = cfg.n_head, cfg.head_dim, cfg.dim
+        self.wqkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)  # rows: q | k | v, head-major
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.attn_dropout_p = cfg.attn_dropout_p
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, freqs, mask, pos=None):
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split(self.dim, dim=-1)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim) for t in (q, k, v))
+        q, k = apply_rotary_emb(q, freqs), apply_rotary_emb(k, freqs)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(pos, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout_p if self.training else 0.0
+        )
+        return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, T, self.dim)))
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, drop_path: float):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x, freqs, mask, pos=None):
+        h = x + self.drop_path(self.attention(self.attention_norm(x), freqs, mask, pos))
+        return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.order = cfg.order_obj
+        layout = self.order.layout
+        self.num_tokens, self.seq_len = layout.num_tokens, layout.seq_len
+
+        self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout_prob)
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if layout.n > 1:
+            self.spe_tok_embeddings = SpecialEmbeddings(layout.n - 1, cfg.dim)
+        self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.n_layer).tolist()
+        self.layers = nn.ModuleList(TransformerBlock(cfg, dpr[i]) for i in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+        # Layout tables (not in the state dict): input source per position, RoPE rows, group mask.
+        kind, index = layout.sources
+        self.register_buffer("src_kind", torch.as_tensor(kind), persistent=False)
+        self.register_buffer("src_index", torch.as_tensor(index), persistent=False)
+        self.register_buffer("block_end", torch.as_tensor(layout.block_end), persistent=False)
+        self.register_buffer("freqs_cis", rope_sequence_table(self.order, cfg.head_dim, cfg.rope_base), persistent=False)
+        self.cache_len = 0
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+        nn.init.zeros_(self.output.weight)  # LlamaGen zero-initialises the head
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def embed(self, tokens: torch.Tensor, labels: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Input embeddings at sequence positions `pos`: class / image token / transition token.
+
+        tokens: (B, ≥ max source index + 1) in generation order; labels (B,)."""
+        kind, index = self.src_kind[pos], self.src_index[pos]
+        x = self.tok_embeddings(tokens[:, index])
+        if hasattr(self, "spe_tok_embeddings"):
+            spe = self.spe_tok_embeddings.special_embeddings(index.clamp(max=self.config.n - 2))
+            x = torch.where((kind == SPE)[None, :, None], spe[None].to(x.dtype), x)
+        cls = self.cls_embedding(labels)[:, None, :]
+        x = torch.where((kind == CLS)[None, :, None], cls.to(x.dtype), x)
+        return self.tok_dropout(x)
+
+    def _mask(self, pos: torch.Tensor, num_keys: int) -> torch.Tensor:
+        return torch.arange(num_keys, device=pos.device)[None, :] < self.block_end[pos][:, None]
+
+    def _trunk(self, x, pos, mask):
+        freqs = self.freqs_cis[pos]
+        for layer in self.layers:
+            x = layer(x, freqs, mask, pos)
+        return self.norm(x)
+
+    # -- training / teacher forcing --------------------------------------------------------------
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None,
+                all_positions: bool = False):
+        """Teacher-forced pass over the training layout.
+
+        tokens: (B, N) or (B, N-1) codes in generation order (the model never permutes; use
+        `model.order.to_order` on raster codes). Returns logits (B, N, V) for the kept positions
+        (position p predicts z_p), or all S positions with `all_positions=True`, and the mean
+        cross-entropy when `targets` (B, N) is given.
+        """
+        if self.cache_len:
+            raise RuntimeError("KV caches are set up; call model.clear_caches() before a teacher-forced forward")
+        pos = torch.arange(self.seq_len, device=tokens.device)
+        h = self._trunk(self.embed(tokens, labels, pos), pos, self._mask(pos, self.seq_len))
+        if not all_positions:
+            h = h[:, : self.num_tokens]
+        logits = self.output(h).float()
+        if targets is None:
+            return logits
+        return logits, F.cross_entropy(logits[:, : self.num_tokens].flatten(0, 1), targets.flatten())
+
+    # -- cached decoding -------------------------------------------------------------------------
+
+    def setup_caches(self, batch: int, dtype: torch.dtype | None = None):
+        """Allocate static KV caches long enough for every generation position (rounded up to 8)."""
+        p = next(self.parameters())
+        self.cache_len = find_multiple(self.num_tokens, 8)
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(
+                batch, self.config.n_head, self.cache_len, self.config.head_dim, dtype or p.dtype, p.device
+            )
+
+    def clear_caches(self):
+        self.cache_len = 0
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+
+    def decode_step(self, tokens: torch.Tensor, labels: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One forward call of generation over sequence positions `pos` (writes their keys/values);
+        returns float32 logits (B, len(pos), V). Static shapes: CUDA-graph/compile friendly."""
+        h = self._trunk(self.embed(tokens, labels, pos), pos, self._mask(pos, self.cache_len))
+        return self.output(h).float()
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _torch_load(path: Path):
+    """`torch.load(weights_only=True)`; reference trainers pickle an argparse `args` entry, which is
+    allow-listed explicitly instead of falling back to unsafe unpickling."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: checkpoint file not found")
+    except Exception as e:  # noqa: BLE001 — surface one clear line
+        raise UserError(f"{path}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}); re-save it as a plain state dict") from e
+
+
+def extract_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("model", "module", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise UserError(f"{path}: no state dict found (expected a dict with 'model', 'module' or 'state_dict')")
+
+
+def load_state_dict_strict(module: nn.Module, sd: dict, path: Path | str):
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:4]}" * bool(missing), f"unexpected {unexpected[:4]}" * bool(unexpected),
+                 f"shape mismatch {wrong[:3]}" * bool(wrong)]
+        raise UserError(f"{path}: state dict does not match the model config ({'; '.join(p for p in parts if p)}); "
+                        "check size / n / order in the config")
+    module.load_state_dict(sd, strict=True)
+
+
+def load_checkpoint(path: str | Path, config: ModelConfig | None = None, dtype=torch.float32) -> Transformer:
+    """Load one of our checkpoints (which carry their config) or a released PAR/LlamaGen file
+    (pass `config`, e.g. `model_config("GPT-XL", n=4)`)."""
+    path = Path(path)
+    obj = _torch_load(path)
+    if config is None:
+        if not (isinstance(obj, dict) and isinstance(obj.get("config"), dict)):
+            raise UserError(f"{path}: checkpoint carries no 'config'; pass the model config (size, n, order) explicitly")
+        config = ModelConfig.from_dict(obj["config"].get("model", obj["config"]), source=f"{path}:config")
+    model = Transformer(config)
+    load_state_dict_strict(model, extract_state_dict(obj, path), path)
+    return model.to(dtype).eval()
