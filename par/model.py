@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +77,6 @@ class ModelConfig:
         if self.ffn_dim_multiplier is not None:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return find_multiple(hidden, self.multiple_of)
-
-    @property
-    def spe_token_num(self) -> int:
-        return self.n - 1 if self.order_obj.layout.n > 1 else 0
 
     @property
     def order_obj(self) -> Order:
@@ -165,10 +161,8 @@ def rope_sequence_table(order: Order, head_dim: int, base: float) -> torch.Tenso
     (cos = sin = 0) for the class and transition tokens."""
     kind, index = order.layout.sources
     cells = rope_cell_table(order.grid, head_dim, base)[torch.as_tensor(order.perm)]  # order positions
-    table = torch.zeros(len(kind), head_dim // 2, 2)
-    is_tok = torch.as_tensor(kind == TOKEN)
-    table[is_tok] = cells[torch.as_tensor(index)[is_tok]]
-    return table
+    is_tok = torch.as_tensor(kind == TOKEN)[:, None, None]
+    return cells[torch.as_tensor(index)] * is_tok  # index is a valid order position everywhere
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
@@ -308,7 +302,7 @@ class Transformer(nn.Module):
         if layout.n > 1:
             self.spe_tok_embeddings = SpecialEmbeddings(layout.n - 1, cfg.dim)
         self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.n_layer).tolist()
+        dpr = np.linspace(0, cfg.drop_path_rate, cfg.n_layer).tolist()  # stochastic depth per layer
         self.layers = nn.ModuleList(TransformerBlock(cfg, dpr[i]) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)

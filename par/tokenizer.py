@@ -62,6 +62,8 @@ class VQConfig:
     @classmethod
     def from_golden_config(cls, cfg: dict) -> "VQConfig":
         """Build from a golden `config.json` (`model_args` + `encoder_decoder_args`)."""
+        if "model_args" not in cfg:
+            raise UserError("VQ config: no 'model_args' section; pass a golden-format config.json")
         ed = cfg.get("encoder_decoder_args", {})
         # Only the reference's fixed architecture choices are implemented; refuse anything else loudly.
         fixed = {"in_channels": 3, "out_channels": 3, "norm_type": "group", "group_norm_groups": 32,
@@ -342,19 +344,25 @@ class VQModel(nn.Module):
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def _reason(e: Exception) -> str:
+    """First informative line of a torch.load error (skipping torch's weights_only boilerplate)."""
+    msg = str(e).split("WeightsUnpickler error:", 1)[-1]
+    line = next((ln.strip() for ln in msg.splitlines() if ln.strip()), type(e).__name__)
+    return line.split(". ")[0]
+
+
 def _read_checkpoint(path: pathlib.Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         pass  # LlamaGen training checkpoints pickle their argparse `args`; allow exactly that class
     except (OSError, RuntimeError, EOFError) as e:
-        raise UserError(f"{path}: cannot read VQ checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                        "pass a torch-saved state dict") from None
+        raise UserError(f"{path}: cannot read VQ checkpoint ({_reason(e)}); pass a torch-saved state dict") from None
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 — any failure here means the file is not a plain-tensor checkpoint
-        raise UserError(f"{path}: cannot be loaded with weights_only=True ({str(e).splitlines()[0]}); "
+        raise UserError(f"{path}: cannot be loaded with weights_only=True ({_reason(e)}); "
                         "re-save it as {'model': state_dict} with tensors only") from None
 
 
@@ -369,7 +377,10 @@ def load_vq(path, config: VQConfig | None = None) -> VQModel:
                         f"got {type(ckpt).__name__}; re-save the checkpoint")
     sd = next((ckpt[k] for k in ("model", "state_dict", "module") if isinstance(ckpt.get(k), dict)), ckpt)
     if config is None:
-        config = VQConfig(**ckpt["config"]) if isinstance(ckpt.get("config"), dict) else VQConfig()
+        try:
+            config = VQConfig(**ckpt["config"]) if isinstance(ckpt.get("config"), dict) else VQConfig()
+        except TypeError as e:
+            raise UserError(f"{path}: stored 'config' is not a VQConfig ({e}); pass config= explicitly") from None
     model = VQModel(config)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

