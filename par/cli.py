@@ -16,6 +16,7 @@ from par.errors import UserError
 COMMAND_MODULES = [
     "par.golden",  # check-golden
     "par.bench",  # bench sample
+    "par.demo",  # demo
     "par.metrics",  # evaluate
     "par.entropy",  # entropy map | increase | features | figures
 ]
