@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "par.golden",  # check-golden
     "par.bench",  # bench sample
     "par.demo",  # demo
+    "par.train",  # train
     "par.metrics",  # evaluate
     "par.entropy",  # entropy map | increase | features | figures
 ]

@@ -1,0 +1,392 @@
+"""`par train`: one training entry point for every size × order × n × ablation (paper §4 recipe).
+
+Single process, multi-process DDP on one node and multi-node DDP share this loop; the cluster launch
+(submitit, requeue on timeout/preemption, re-attach) lives in `par/launch.py`.
+
+Exact resumption is designed in, not bolted on: the global batch of step s (which images, which of
+the ten crops) is a pure function of (seed, s), independent of the world size, and every rank's RNG
+state is checkpointed with the model and optimizer. A run killed at any step and resumed therefore
+ends bit-identical to an uninterrupted run (on CPU; cuDNN/atomics may differ on GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from par import io
+from par.errors import UserError
+from par.model import ModelConfig, Transformer, _torch_load, model_config
+
+# Peak dense bf16 tensor-core FLOP/s, for MFU.
+PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""  # directory written by `par tokenize` (shards + manifest.json)
+    out: str = ""  # run directory: ckpt.pt (resumable), model.pt (final), log.jsonl
+    size: str = "GPT-L"
+    order: str = "par"  # "par" | "raster"
+    n: int = 4
+    initial_sequential: bool = True
+    group_attention: str = "full"
+    dropout: float = 0.1  # token, residual and FFN dropout
+    class_dropout: float = 0.1
+    global_batch: int = 256
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    epochs: float = 300.0
+    max_steps: int = 0  # > 0 overrides epochs
+    schedule: str = "cosine"  # "cosine" (paper table: warm-up then cosine to 0) | "constant" (released code)
+    warmup_epochs: float = 15.0
+    precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU) | "fp32" | "bf16"
+    compile: bool = False
+    ckpt_every: int = 5000
+    log_every: int = 50
+    seed: int = 0
+
+    def model_config(self, grid, vocab_size, num_classes) -> ModelConfig:
+        return model_config(
+            self.size, grid=tuple(grid), order=self.order, n=self.n, initial_sequential=self.initial_sequential,
+            group_attention=self.group_attention, vocab_size=vocab_size, num_classes=num_classes,
+            token_dropout_p=self.dropout, resid_dropout_p=self.dropout, ffn_dropout_p=self.dropout,
+            class_dropout_prob=self.class_dropout,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise UserError(f"{source}: unknown training field(s) {bad}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenArrays:
+    """All ten-crop codes in memory: codes (num_images, crops, N) int16, labels (num_images,)."""
+
+    codes: torch.Tensor
+    labels: torch.Tensor
+    grid: tuple[int, ...]
+    vocab_size: int
+    num_classes: int
+
+    @classmethod
+    def load(cls, data_dir: str | Path) -> "TokenArrays":
+        codes, labels, manifest = load_token_arrays(data_dir)
+        return cls(torch.from_numpy(codes), torch.from_numpy(labels), tuple(manifest["grid"]),
+                   int(manifest["codebook_size"]), int(manifest["num_classes"]))
+
+    def batch(self, step: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
+        """This rank's share of the global batch of `step`: epoch-wise shuffle (drop_last) and a uniformly
+        drawn crop per sample (paper §8.2), both pure functions of (seed, step)."""
+        num = self.codes.shape[0]
+        per_epoch = num // global_batch
+        epoch, j = divmod(step, per_epoch)
+        perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        idx = perm[j * global_batch:(j + 1) * global_batch]
+        crops = torch.randint(0, self.codes.shape[1], (global_batch,),
+                              generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919 * step + 1))
+        idx, crops = idx[rank::world], crops[rank::world]
+        return self.codes[idx, crops].long(), self.labels[idx].long()
+
+
+def load_token_arrays(data_dir: str | Path):
+    """Read every shard of a `par tokenize` directory: codes (images, crops, N), labels, manifest."""
+    data_dir = Path(data_dir)
+    mpath = data_dir / "manifest.json"
+    if not mpath.exists():
+        raise UserError(f"{mpath}: missing; run `par tokenize` on the images first (it writes the manifest last)")
+    manifest = json.loads(mpath.read_text())
+    shards = sorted(data_dir.glob("shard-*.npz"))
+    if len(shards) != manifest["num_shards"]:
+        raise UserError(f"{data_dir}: {len(shards)} shards on disk, manifest says {manifest['num_shards']}; "
+                        "re-run `par tokenize` to complete it")
+    parts = [np.load(s) for s in shards]
+    codes = np.concatenate([p["codes"] for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts]).astype(np.int64)
+    return codes, labels, manifest
+
+
+# -- optimisation ----------------------------------------------------------------------------------
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device) -> torch.optim.AdamW:
+    """AdamW; weight decay on every ≥ 2-D tensor (linears, embeddings incl. spe/class tables), none on norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule != "cosine":
+        raise UserError(f"schedule={cfg.schedule!r}: use 'cosine' or 'constant'")
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+# -- distributed -----------------------------------------------------------------------------------
+
+
+def dist_setup() -> tuple[int, int, int]:
+    """(rank, world, local_rank) from torchrun/submitit environment variables; inits the process group."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _all_gather_objects(obj, world):
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class PreemptionGuard:
+    """Defers SIGUSR2/SIGTERM (what Slurm/submitit send before a timeout or preemption) to the next step
+    boundary, so the checkpoint written then is consistent; afterwards the original handler (submitit's
+    checkpoint-and-requeue) runs."""
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+    def __init__(self):
+        self.caught: int | None = None
+        self.frame = None
+        self.previous = {}
+
+    def __enter__(self):
+        for s in self.SIGNALS:
+            try:
+                self.previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread (e.g. some test runners): signals stay as they are
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.caught, self.frame = signum, frame
+
+    def __exit__(self, *exc):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+    def should_stop(self, world: int) -> bool:
+        flag = torch.tensor([int(self.caught is not None)])
+        if world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def forward_signal(self):
+        """Run the handler that was installed before us (submitit's requeue); default: exit cleanly."""
+        handler = self.previous.get(self.caught)
+        if callable(handler):
+            handler(self.caught or signal.SIGUSR2, self.frame)
+        raise SystemExit(0)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+
+def _rng_state():
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _truncate_log(path: Path, step: int):
+    """Drop log lines written after the checkpoint we resume from (they will be recomputed)."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        io.write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) the run in `cfg.out`; returns the path of the final model file."""
+    rank, world, local_rank = dist_setup()
+    out = Path(cfg.out)
+    final = out / "model.pt"
+    if final.exists():
+        return final
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+    data = TokenArrays.load(cfg.data)
+    if cfg.global_batch % world:
+        raise UserError(f"global_batch={cfg.global_batch} is not divisible by the world size {world}")
+    per_epoch = data.codes.shape[0] // cfg.global_batch
+    if per_epoch == 0:
+        raise UserError(f"{cfg.data}: {data.codes.shape[0]} images < global_batch={cfg.global_batch}; lower the batch")
+    total = cfg.max_steps or int(cfg.epochs * per_epoch)
+
+    mcfg = cfg.model_config(data.grid, data.vocab_size, data.num_classes)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = Transformer(mcfg).to(device)
+    opt = make_optimizer(model, cfg, device)
+    step = 0
+    ckpt_path = out / "ckpt.pt"
+    if ckpt_path.exists():
+        ck = _torch_load(ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step = int(ck["step"])
+        _set_rng_state(ck["rng"][rank])
+        if rank == 0:
+            _truncate_log(out / "log.jsonl", step)
+    else:
+        torch.manual_seed(cfg.seed * world + rank)  # per-rank dropout streams
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) \
+        if world > 1 else model
+    fwd = torch.compile(ddp) if cfg.compile else ddp
+    order = model.order
+    nparams = model.num_params
+    peak = next((v for k, v in PEAK_FLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
+
+    def save(step_done: int):
+        states = _all_gather_objects(_rng_state(), world)
+        if rank == 0:
+            io.torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step_done,
+                           "config": {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict()}, "rng": states},
+                          ckpt_path)
+        if world > 1:
+            dist.barrier()
+
+    pbar = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        io.write_json(out / "config.json", {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict(),
+                                             "world_size": world, "steps": total, "params": nparams})
+        from tqdm import tqdm
+
+        pbar = tqdm(total=total, initial=step, desc=f"train {out.name}", dynamic_ncols=True)
+    model.train()
+    t_last, tokens_since = time.perf_counter(), 0
+    with PreemptionGuard() as guard:
+        while step < total:
+            lr = lr_at(step, total, per_epoch, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            codes, labels = data.batch(step, cfg.global_batch, cfg.seed, rank, world)
+            z, labels = order.to_order(codes).to(device), labels.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                _, loss = fwd(z, labels, targets=z)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens_since += z.numel() * world
+            if step % cfg.log_every == 0 or step == total:
+                lv = loss.detach().float()
+                if world > 1:
+                    dist.all_reduce(lv, op=dist.ReduceOp.AVG)
+                dt = time.perf_counter() - t_last
+                rec = {"step": step, "epoch": step / per_epoch, "loss": lv.item(), "lr": lr,
+                       "grad_norm": float(gnorm), "tokens_per_s": tokens_since / dt}
+                if peak:
+                    rec["mfu"] = 6 * nparams * rec["tokens_per_s"] / (peak * world)
+                if rank == 0:
+                    with open(out / "log.jsonl", "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
+                t_last, tokens_since = time.perf_counter(), 0
+            if pbar:
+                pbar.update(1)
+            if step % cfg.ckpt_every == 0 and step < total:
+                save(step)
+            if guard.should_stop(world):
+                save(step)
+                guard.forward_signal()
+    if pbar:
+        pbar.close()
+    save(step)
+    if rank == 0:
+        io.torch_save({"model": model.state_dict(), "config": mcfg.to_dict(), "step": step}, final)
+    if world > 1:
+        dist.barrier()
+    return final
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+
+
+def add_config_arguments(p, cls=TrainConfig):
+    """One --flag per dataclass field (booleans take true/false)."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None, metavar="BOOL")
+        else:
+            typ = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
+            p.add_argument(flag, type=typ, default=None)
+
+
+def config_from_args(args, cls=TrainConfig):
+    d = {}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.exists():
+            raise UserError(f"--config {path}: file not found")
+        d = json.loads(path.read_text()) if path.suffix == ".json" else __import__("yaml").safe_load(path.read_text())
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            d[f.name] = v
+    cfg = cls.from_dict(d, source=str(getattr(args, "config", None) or "command line"))
+    for req in ("data", "out"):
+        if not getattr(cfg, req):
+            raise UserError(f"--{req} is required (or set '{req}' in --config)")
+    return cfg
+
+
+def cmd_train(args) -> int:
+    cfg = config_from_args(args)
+    if args.launcher == "inprocess":
+        print(train(cfg))
+        return 0
+    from par.launch import ClusterConfig, run_training
+
+    print(run_training(cfg, ClusterConfig.from_args(args), launcher=args.launcher))
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train a PAR / LlamaGen model (in-process, local DDP or Slurm via submitit)")
+    p.add_argument("--config", help="JSON/YAML file with training fields (flags override it)")
+    add_config_arguments(p)
+    p.add_argument("--launcher", choices=["inprocess", "local", "slurm"], default="inprocess",
+                   help="inprocess: this process (torchrun-compatible); local/slurm: submitit executors")
+    from par.launch import add_cluster_arguments
+
+    add_cluster_arguments(p)
+    p.set_defaults(func=cmd_train)

@@ -1,0 +1,134 @@
+"""Training loop: learning, exact kill/resume, schedules, DDP equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from par.train import TokenArrays, TrainConfig, lr_at, train
+
+
+def make_token_dir(root: Path, num_images=64, grid=(4, 4), vocab=16, classes=4, crops=10, seed=0) -> Path:
+    """A `par tokenize`-format directory with learnable structure: class c → codes near c*vocab/classes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, num_images)
+    base = (labels * (vocab // classes))[:, None, None]
+    codes = (base + rng.integers(0, 2, (num_images, crops, int(np.prod(grid))))).astype(np.int16)
+    root.mkdir(parents=True, exist_ok=True)
+    half = num_images // 2
+    for k, sl in enumerate((slice(0, half), slice(half, None))):
+        np.savez(root / f"shard-{k:05d}.npz", codes=codes[sl], labels=labels[sl],
+                 indices=np.arange(num_images)[sl])
+    (root / "manifest.json").write_text(json.dumps({"grid": list(grid), "codebook_size": vocab, "num_classes": classes,
+                                                    "num_shards": 2, "num_images": num_images}))
+    return root
+
+
+def tiny_cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), size="tiny-S", order="par", n=4, global_batch=8, lr=3e-3,
+                max_steps=24, schedule="constant", ckpt_every=5, log_every=1, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_batches_are_a_function_of_step_and_independent_of_world(tmp_path):
+    data = TokenArrays.load(make_token_dir(tmp_path / "d"))
+    a, la = data.batch(5, 8, seed=1)
+    b, lb = data.batch(5, 8, seed=1)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    parts = [data.batch(5, 8, seed=1, rank=r, world=2) for r in range(2)]
+    assert sorted(torch.cat([p[1] for p in parts]).tolist()) == sorted(la.tolist())
+    assert not torch.equal(data.batch(6, 8, seed=1)[0], a)
+    # crops are drawn uniformly over the 10 ten-crop variants
+    crops = set()
+    for s in range(40):
+        g = torch.Generator().manual_seed(1 * 1_000_003 + 7919 * s + 1)
+        crops |= set(torch.randint(0, 10, (8,), generator=g).tolist())
+    assert crops == set(range(10))
+
+
+def test_training_learns_and_writes_artifacts(tmp_path):
+    cfg = tiny_cfg(make_token_dir(tmp_path / "d"), tmp_path / "run", max_steps=60, dropout=0.0, class_dropout=0.0)
+    final = train(cfg)
+    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 61))
+    assert log[-1]["loss"] < 0.5 * log[0]["loss"]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(log[0])
+    from par.model import load_checkpoint
+
+    model = load_checkpoint(final)  # weights_only=True, config carried in the file
+    assert model.config.n == 4 and model.order.num_calls == 7
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = TrainConfig(lr=1.0, warmup_epochs=1, schedule="cosine")
+    assert lr_at(0, 100, 10, cfg) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, cfg) == pytest.approx(0.5)
+    assert lr_at(99, 100, 10, cfg) < 1e-3
+    assert lr_at(50, 100, 10, TrainConfig(lr=2.0, schedule="constant")) == 2.0
+
+
+def _run_cli(cfg: TrainConfig, env=None):
+    args = [sys.executable, "-m", "par", "train"]
+    for k, v in cfg.__dict__.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_sigkill_resume_is_bit_identical(tmp_path):
+    """≥ 3 SIGKILLs at random moments; the resumed run ends with exactly the uninterrupted weights."""
+    data = make_token_dir(tmp_path / "d")
+    ref = tiny_cfg(data, tmp_path / "ref", max_steps=40, ckpt_every=3)
+    assert _run_cli(ref).wait() == 0
+    cfg = tiny_cfg(data, tmp_path / "killed", max_steps=40, ckpt_every=3)
+    rng = np.random.default_rng(0)
+    kills, log = 0, tmp_path / "killed" / "log.jsonl"
+    while kills < 3:
+        target = (kills + 1) * 9 + int(rng.integers(0, 5))  # die somewhere after step `target`
+        p = _run_cli(cfg)
+        while p.poll() is None:
+            if log.exists() and len(log.read_text().splitlines()) >= target:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                kills += 1
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("run finished before it could be killed")
+    assert _run_cli(cfg).wait() == 0
+    a, b = _weights(tmp_path / "ref" / "model.pt"), _weights(tmp_path / "killed" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(l)["step"] for l in log.read_text().splitlines()]
+    assert steps == list(range(1, 41))  # no duplicated or missing log lines after resumes
+
+
+def test_sigusr2_checkpoints_at_step_boundary_then_resumes(tmp_path):
+    data = make_token_dir(tmp_path / "d")
+    cfg = tiny_cfg(data, tmp_path / "run", max_steps=30, ckpt_every=1000)
+    p = _run_cli(cfg)
+    log = tmp_path / "run" / "log.jsonl"
+    while not (log.exists() and len(log.read_text().splitlines()) >= 5):
+        assert p.poll() is None
+        time.sleep(0.02)
+    p.send_signal(signal.SIGUSR2)
+    assert p.wait() == 0
+    ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert 5 <= ck["step"] < 30 and not (tmp_path / "run" / "model.pt").exists()
+    assert _run_cli(cfg).wait() == 0
+    ref = tiny_cfg(data, tmp_path / "ref", max_steps=30, ckpt_every=1000)
+    train(ref)
+    a, b = _weights(tmp_path / "ref" / "model.pt"), _weights(tmp_path / "run" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
