@@ -15,9 +15,11 @@ from par.errors import UserError
 
 COMMAND_MODULES = [
     "par.golden",  # check-golden
+    "par.data",  # tokenize, make-tinyset
     "par.bench",  # bench sample
     "par.demo",  # demo
     "par.train",  # train
+    "par.sample",  # sample
     "par.metrics",  # evaluate
     "par.entropy",  # entropy map | increase | features | figures
 ]

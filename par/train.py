@@ -34,6 +34,7 @@ PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
 
 @dataclass
 class TrainConfig:
+    REQUIRED = ("data", "out")
     data: str = ""  # directory written by `par tokenize` (shards + manifest.json)
     out: str = ""  # run directory: ckpt.pt (resumable), model.pt (final), log.jsonl
     size: str = "GPT-L"
@@ -66,14 +67,6 @@ class TrainConfig:
             token_dropout_p=self.dropout, resid_dropout_p=self.dropout, ffn_dropout_p=self.dropout,
             class_dropout_prob=self.class_dropout,
         )
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad:
-            raise UserError(f"{source}: unknown training field(s) {bad}; valid: {sorted(names)}")
-        return cls(**d)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -362,8 +355,12 @@ def config_from_args(args, cls=TrainConfig):
         v = getattr(args, f.name, None)
         if v is not None:
             d[f.name] = v
-    cfg = cls.from_dict(d, source=str(getattr(args, "config", None) or "command line"))
-    for req in ("data", "out"):
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(d) - names)
+    if bad:
+        raise UserError(f"{getattr(args, 'config', None) or 'command line'}: unknown field(s) {bad}; valid: {sorted(names)}")
+    cfg = cls(**d)
+    for req in cls.REQUIRED:
         if not getattr(cfg, req):
             raise UserError(f"--{req} is required (or set '{req}' in --config)")
     return cfg

@@ -1,0 +1,235 @@
+"""`par sample`: sharded class-conditional sampling for evaluation (paper §5 protocol, DiT-style).
+
+N samples are cut into fixed shards; shard k (indices [k·S, (k+1)·S)) draws its random labels and its
+tokens from a generator seeded by (seed, k), so the result does not depend on how many ranks or Slurm
+array tasks share the work. Each shard is written atomically; a rerun after a kill completes only the
+missing shards. `--finalize` (or the process that finds every shard present) packs the ADM-format npz
+(`arr_0`, uint8 N×H×W×3), an 8 × 8 class grid PNG and `sampling.json` (settings, steps, latency at batch 1,
+throughput).
+
+Decoding follows the reference: tokens (raster) → VQ decode at 16·L px → bicubic resize (no antialias)
+to --image-size → uint8 = clamp(127.5·x + 128, 0, 255), truncated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from par import io
+from par.errors import UserError
+
+
+@dataclass
+class SampleJob:
+    REQUIRED = ("model", "vq", "out")
+    model: str = ""  # our checkpoint (carries its config) or a released one (then set size/order/n)
+    vq: str = ""  # VQ tokenizer checkpoint
+    out: str = ""
+    num_samples: int = 50_000
+    shard_size: int = 1000
+    batch_size: int = 32
+    cfg_scale: float = 1.5
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    image_size: int = 256
+    device: str = "auto"
+    dtype: str = "auto"  # bf16 on GPU (as the reference sampler), fp32 on CPU
+    size: str = ""  # for released checkpoints without a stored config, e.g. GPT-3B
+    order: str = "par"
+    n: int = 4
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.shard_size)
+
+
+def shard_path(out: Path, k: int) -> Path:
+    return out / "shards" / f"samples-{k:05d}.npz"
+
+
+def _setup(job: SampleJob):
+    import torch
+
+    from par.model import load_checkpoint, model_config
+    from par.tokenizer import load_vq
+
+    device = torch.device("cuda" if job.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if job.device == "auto" else job.device))
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
+             "fp32": torch.float32}[job.dtype]
+    config = model_config(job.size, order=job.order, n=job.n) if job.size else None
+    model = load_checkpoint(job.model, config, dtype=dtype).to(device)
+    vq = load_vq(job.vq).to(device)
+    return model, vq, device
+
+
+def decode_to_uint8(vq, tokens_raster, grid, image_size: int) -> np.ndarray:
+    """Raster tokens (B, N) → uint8 images (B, image_size, image_size, 3), exactly the reference's path."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        x = vq.decode_codes(tokens_raster, grid).float()
+        if x.shape[-1] != image_size:
+            x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False)
+        x = torch.clamp(127.5 * x + 128.0, 0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _generate_batch(model, vq, labels, job: SampleJob, gen):
+    from par.generate import SamplingConfig, generate
+
+    sc = SamplingConfig(job.cfg_scale, job.temperature, job.top_k, job.top_p)
+    tokens = generate(model, labels, sc, gen)
+    return tokens, decode_to_uint8(vq, tokens, model.order.grid, job.image_size)
+
+
+def run_shard(job: SampleJob, k: int, model, vq, device) -> None:
+    import torch
+
+    lo, hi = k * job.shard_size, min((k + 1) * job.shard_size, job.num_samples)
+    gen = torch.Generator(device=device).manual_seed(job.seed * 1_000_003 + k)
+    labels = torch.randint(0, model.config.num_classes, (hi - lo,), generator=gen, device=device)
+    images, tokens = [], []
+    t0 = time.perf_counter()
+    for b in range(0, hi - lo, job.batch_size):
+        tok, img = _generate_batch(model, vq, labels[b:b + job.batch_size], job, gen)
+        tokens.append(tok.cpu().numpy().astype(np.int16))
+        images.append(img)
+    seconds = time.perf_counter() - t0
+    with io.atomic_path(shard_path(Path(job.out), k)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=np.concatenate(images), tokens=np.concatenate(tokens),
+                     labels=labels.cpu().numpy(), indices=np.arange(lo, hi), seconds=seconds)
+
+
+def measure_latency(job: SampleJob, model, vq, device, repeats: int = 3) -> float:
+    """Seconds for one image at batch 1 (tokens + VQ decode), median after a warm-up run."""
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(job.seed)
+    label = torch.zeros(1, dtype=torch.long, device=device)
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        _generate_batch(model, vq, label, job, gen)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def class_grid(job: SampleJob, model, vq, device, classes=8, per_class=8) -> np.ndarray:
+    """(classes·H, per_class·W, 3) uint8 grid: one row per class (the first `classes` classes)."""
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(job.seed + 12345)
+    labels = torch.arange(min(classes, model.config.num_classes), device=device).repeat_interleave(per_class)
+    imgs = np.concatenate([_generate_batch(model, vq, labels[b:b + job.batch_size], job, gen)[1]
+                           for b in range(0, len(labels), job.batch_size)])
+    rows = len(labels) // per_class
+    h, w = imgs.shape[1:3]
+    return imgs.reshape(rows, per_class, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(rows * h, per_class * w, 3)
+
+
+def finalize(job: SampleJob, model=None, vq=None, device=None) -> Path:
+    """Pack shards → samples.npz (exactly N distinct indices), grid.png, sampling.json."""
+    from PIL import Image
+
+    from par.imageio import write_adm_npz
+
+    out = Path(job.out)
+    missing = [k for k in range(job.num_shards) if not shard_path(out, k).exists()]
+    if missing:
+        raise UserError(f"{out}: shards {missing[:5]}{'…' if len(missing) > 5 else ''} missing; run `par sample` "
+                        "again without --finalize to complete them")
+    shards = [np.load(shard_path(out, k)) for k in range(job.num_shards)]
+    indices = np.concatenate([s["indices"] for s in shards])
+    if not np.array_equal(indices, np.arange(job.num_samples)):
+        raise UserError(f"{out}/shards: indices are not exactly 0..{job.num_samples - 1} (stale shards from "
+                        "another --num-samples/--shard-size?); delete the shards folder and resample")
+    write_adm_npz([img for s in shards for img in s["images"]], out / "samples.npz")
+    with io.atomic_path(out / "labels.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, np.concatenate([s["labels"] for s in shards]), allow_pickle=False)
+    if model is None:
+        model, vq, device = _setup(job)
+    grid = class_grid(job, model, vq, device)
+    with io.atomic_path(out / "grid.png") as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+    total_seconds = float(sum(float(s["seconds"]) for s in shards))
+    meta = {"job": asdict(job), "num_samples": job.num_samples, "num_shards": job.num_shards,
+            "forward_calls": model.order.num_calls, "order": model.order.name, "n": model.config.n,
+            "seconds_per_image_batch1": measure_latency(job, model, vq, device),
+            "images_per_second": job.num_samples / total_seconds, "device": str(device),
+            "npz": str(out / "samples.npz"), "grid": str(out / "grid.png")}
+    io.write_json(out / "sampling.json", meta)
+    return out / "samples.npz"
+
+
+def run(job: SampleJob, shard: int, num_shards: int, do_finalize: bool) -> None:
+    out = Path(job.out)
+    settings = out / "job.json"
+    if settings.exists():
+        prev = json.loads(settings.read_text())
+        if prev != asdict(job):
+            changed = sorted(k for k in prev if prev[k] != asdict(job).get(k))
+            raise UserError(f"{settings}: this folder holds samples made with other settings ({changed}); use a new "
+                            "--out or delete the folder")
+    else:
+        io.write_json(settings, asdict(job))
+    todo = [k for k in range(shard, job.num_shards, num_shards) if not shard_path(out, k).exists()]
+    model = vq = device = None
+    if todo or do_finalize:
+        model, vq, device = _setup(job)
+    from tqdm import tqdm
+
+    for k in tqdm(todo, desc=f"sample {out.name}", disable=not todo):
+        run_shard(job, k, model, vq, device)
+    if do_finalize or all(shard_path(out, k).exists() for k in range(job.num_shards)) and num_shards == 1:
+        finalize(job, model, vq, device)
+
+
+def _env_shard() -> tuple[int, int]:
+    for i, n in (("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"), ("RANK", "WORLD_SIZE")):
+        if i in os.environ and n in os.environ:
+            return int(os.environ[i]), int(os.environ[n])
+    return 0, 1
+
+
+def cmd_sample(args) -> int:
+    from par.train import config_from_args
+
+    job = config_from_args(args, SampleJob)
+    if not Path(job.model).exists():
+        raise UserError(f"--model {job.model}: checkpoint not found")
+    if not Path(job.vq).exists():
+        raise UserError(f"--vq {job.vq}: tokenizer checkpoint not found")
+    shard, num = (args.shard, args.num_shards) if args.shard is not None else _env_shard()
+    if not 0 <= shard < num:
+        raise UserError(f"--shard {shard} must be in [0, --num-shards {num})")
+    run(job, shard, num, args.finalize)
+    return 0
+
+
+def register(sub):
+    from par.train import add_config_arguments
+
+    p = sub.add_parser("sample", help="sharded class-conditional sampling → ADM npz, grid, sampling.json")
+    add_config_arguments(p, SampleJob)
+    p.add_argument("--config", help="JSON/YAML file with the fields above")
+    p.add_argument("--shard", type=int, help="this task's index (default: SLURM_ARRAY_TASK_ID or RANK)")
+    p.add_argument("--num-shards", type=int, default=1, help="number of parallel tasks sharing the shards")
+    p.add_argument("--finalize", action="store_true", help="pack the npz/grid/sampling.json once all shards exist")
+    p.set_defaults(func=cmd_sample)
