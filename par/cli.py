@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "par.demo",  # demo
     "par.train",  # train
     "par.sample",  # sample
+    "par.vqtrain",  # train-vq
     "par.metrics",  # evaluate
     "par.entropy",  # entropy map | increase | features | figures
 ]

@@ -79,12 +79,12 @@ class TrainJob:
 def _executor(cluster: ClusterConfig, folder: Path, launcher: str, name: str):
     import submitit
 
-    ex = submitit.AutoExecutor(folder=folder, cluster=None if launcher == "slurm" else "local")
+    ex = submitit.AutoExecutor(folder=folder, cluster=None if launcher == "slurm" else "local",
+                               slurm_max_num_timeout=cluster.max_requeues)
     if launcher == "slurm" and ex.cluster != "slurm":
         raise UserError("--launcher slurm: no Slurm found (srun is not on PATH); use --launcher local or inprocess")
     params = dict(name=name, nodes=cluster.nodes, tasks_per_node=cluster.ntasks, cpus_per_task=cluster.cpus_per_task,
-                  timeout_min=cluster.time_min, slurm_signal_delay_s=cluster.signal_delay_s,
-                  slurm_max_num_timeout=cluster.max_requeues)
+                  timeout_min=cluster.time_min, slurm_signal_delay_s=cluster.signal_delay_s)
     if cluster.gpus_per_node:
         params["gpus_per_node"] = cluster.gpus_per_node
     if cluster.mem_gb:

@@ -59,6 +59,7 @@ class ModelConfig:
     n: int = 4  # tokens per step (ar_token_num); n - 1 transition tokens (spe_token_num)
     initial_sequential: bool = True
     group_attention: str = "full"  # "full" | "causal" (Table 3(c) ablation)
+    regions: int = 0  # regions of the PAR permutation when it differs from n (Table 3(d) "distant one")
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
@@ -80,7 +81,7 @@ class ModelConfig:
 
     @property
     def order_obj(self) -> Order:
-        return Order(self.grid, self.order, self.n, self.initial_sequential, self.group_attention)
+        return Order(self.grid, self.order, self.n, self.initial_sequential, self.group_attention, self.regions)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -160,6 +160,7 @@ class Order:
     n: int = 1  # tokens per step
     initial_sequential: bool = True
     group_attention: str = "full"
+    regions: int = 0  # regions of the "par" permutation; 0 → n. regions=4, n=1 is Table 3(d)'s "distant one"
 
     def __post_init__(self):
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -176,8 +177,9 @@ class Order:
     @cached_property
     def perm(self) -> np.ndarray:
         """perm[t] = raster index at order position t."""
-        if self.kind == "par":
-            return par_permutation(self.grid, self.n) if self.n > 1 else np.arange(self.num_tokens)
+        regions = self.regions or self.n
+        if self.kind == "par" and regions > 1:
+            return par_permutation(self.grid, regions)
         return np.arange(self.num_tokens)
 
     @cached_property
@@ -198,7 +200,9 @@ class Order:
 
     @property
     def name(self) -> str:
-        parts = [self.kind if self.n > 1 or self.kind == "raster" else "par-one", f"n{self.n}"]
+        parts = [self.kind, f"n{self.n}"]
+        if self.kind == "par" and (self.regions or self.n) != self.n:
+            parts.append(f"regions{self.regions}")
         if not self.initial_sequential and self.n > 1:
             parts.append("noinit")
         if self.group_attention == "causal" and self.n > 1:

@@ -42,6 +42,7 @@ class TrainConfig:
     n: int = 4
     initial_sequential: bool = True
     group_attention: str = "full"
+    regions: int = 0  # PAR permutation regions if ≠ n (Table 3(d) "distant one": regions=4, n=1)
     dropout: float = 0.1  # token, residual and FFN dropout
     class_dropout: float = 0.1
     global_batch: int = 256
@@ -63,7 +64,7 @@ class TrainConfig:
     def model_config(self, grid, vocab_size, num_classes) -> ModelConfig:
         return model_config(
             self.size, grid=tuple(grid), order=self.order, n=self.n, initial_sequential=self.initial_sequential,
-            group_attention=self.group_attention, vocab_size=vocab_size, num_classes=num_classes,
+            group_attention=self.group_attention, regions=self.regions, vocab_size=vocab_size, num_classes=num_classes,
             token_dropout_p=self.dropout, resid_dropout_p=self.dropout, ffn_dropout_p=self.dropout,
             class_dropout_prob=self.class_dropout,
         )
@@ -160,20 +161,25 @@ def _all_gather_objects(obj, world):
     return out
 
 
-class PreemptionGuard:
-    """Defers SIGUSR2/SIGTERM (what Slurm/submitit send before a timeout or preemption) to the next step
-    boundary, so the checkpoint written then is consistent; afterwards the original handler (submitit's
-    checkpoint-and-requeue) runs."""
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved at a step boundary; run the same command again to resume
 
-    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+class PreemptionGuard:
+    """Defers the stop signal to the next step boundary, so the checkpoint written then is consistent.
+
+    Under submitit, Slurm's timeout/preemption signal is USR2 (SIGTERM is ignored, as submitit does) and
+    after saving we hand over to submitit's handler, which requeues the job. Elsewhere (torchrun, a
+    terminal, Snakemake's own Slurm jobs) USR2 and TERM both stop the run with EXIT_PREEMPTED."""
 
     def __init__(self):
+        self.under_submitit = "SUBMITIT_EXECUTOR" in os.environ
+        self.signals = (signal.SIGUSR2,) if self.under_submitit else (signal.SIGUSR2, signal.SIGTERM)
         self.caught: int | None = None
         self.frame = None
         self.previous = {}
 
     def __enter__(self):
-        for s in self.SIGNALS:
+        for s in self.signals:
             try:
                 self.previous[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread (e.g. some test runners): signals stay as they are
@@ -194,11 +200,11 @@ class PreemptionGuard:
         return bool(flag.item())
 
     def forward_signal(self):
-        """Run the handler that was installed before us (submitit's requeue); default: exit cleanly."""
-        handler = self.previous.get(self.caught)
-        if callable(handler):
+        """After the checkpoint: submitit's checkpoint-and-requeue handler, or exit with EXIT_PREEMPTED."""
+        handler = self.previous.get(self.caught or signal.SIGUSR2)
+        if self.under_submitit and callable(handler):
             handler(self.caught or signal.SIGUSR2, self.frame)
-        raise SystemExit(0)
+        raise SystemExit(EXIT_PREEMPTED)
 
 
 # -- the loop --------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 import pytest
 
+# Not "tests.cluster": torch-fidelity installs a top-level `tests` package that shadows ours.
+pytest_plugins = ["cluster"]
+
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run tests marked slow (integration); CI does")

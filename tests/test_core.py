@@ -59,6 +59,12 @@ def test_raster_multi_groups_are_consecutive():
     assert list(steps[:8]) == [0, 1, 2, 3, 4, 4, 4, 4]
 
 
+def test_distant_one_uses_par_permutation_sequentially():
+    o = Order((8, 8), "par", 1, regions=4)
+    np.testing.assert_array_equal(o.perm, Order((8, 8), "par", 4).perm)
+    assert o.num_calls == 64 and o.name == "par-n1-regions4"
+
+
 def test_video_groups_stay_spatial():
     o = Order((2, 4, 4), "par", 4)
     coords = o.cell_coords()  # (t, r, c)
@@ -123,7 +129,7 @@ VARIANTS = [
     dict(order="par", n=4, initial_sequential=False),
     dict(order="par", n=4, group_attention="causal"),
     dict(order="raster", n=4),
-    dict(order="par", n=1),
+    dict(order="par", n=1, regions=4),  # Table 3(d) "distant one": PAR permutation, one token per step
 ]
 
 

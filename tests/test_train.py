@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from par.train import TokenArrays, TrainConfig, lr_at, train
+from par.train import EXIT_PREEMPTED, TokenArrays, TrainConfig, lr_at, train
 
 
 def make_token_dir(root: Path, num_images=64, grid=(4, 4), vocab=16, classes=4, crops=10, seed=0) -> Path:
@@ -124,7 +124,7 @@ def test_sigusr2_checkpoints_at_step_boundary_then_resumes(tmp_path):
         assert p.poll() is None
         time.sleep(0.02)
     p.send_signal(signal.SIGUSR2)
-    assert p.wait() == 0
+    assert p.wait() == EXIT_PREEMPTED
     ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
     assert 5 <= ck["step"] < 30 and not (tmp_path / "run" / "model.pt").exists()
     assert _run_cli(cfg).wait() == 0

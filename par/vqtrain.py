@@ -1,0 +1,158 @@
+"""`par train-vq`: train a small VQ tokenizer from scratch (the tiny preset's stand-in for VQ-16).
+
+The paper uses LlamaGen's released `vq_ds16_c2i`; on a laptop we train the same architecture at a small
+width on the offline tiny dataset. Losses: L2 reconstruction + codebook + commitment (+ optional entropy);
+LlamaGen's perceptual (LPIPS) and adversarial terms need downloaded networks, so they are off.
+Augmentation as in LlamaGen's tokenizer training: ADM centre crop to 1.1× then a random crop and flip.
+
+Writes `<out>/vq.pt` (save_vq format) and `<out>/vq_metrics.json` with held-out PSNR, MSE and codebook
+usage before and after training (and rFID with `--rfid-images`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from par import io
+from par.errors import UserError
+
+
+@dataclass
+class VQTrainConfig:
+    REQUIRED = ("images", "out")
+    images: str = ""  # ImageFolder root
+    out: str = ""
+    image_size: int = 48
+    ch: int = 32
+    ch_mult: str = "1,2,2"  # levels; downsample = 2^(levels-1)
+    z_channels: int = 32
+    codebook_size: int = 512
+    codebook_embed_dim: int = 8
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    heldout: int = 128  # images kept out of training for the metrics
+    rfid_images: int = 0  # > 0: also rFID on that many held-out images (Inception on CPU is slow)
+    seed: int = 0
+
+
+def _load_images(root: str, size: int, seed: int, heldout: int):
+    """uint8 (N, 3, 1.1·size, 1.1·size) centre crops, shuffled; the last `heldout` are the test split."""
+    from par.data import center_crop_arr, crop_size, list_images, load_rgb
+
+    _, samples = list_images(root)
+    if len(samples) <= heldout:
+        raise UserError(f"--images {root}: {len(samples)} images, need more than --heldout {heldout}")
+    big = crop_size(size, 1.1)
+    arrs = []
+    for path, _ in samples:
+        try:
+            arrs.append(np.asarray(center_crop_arr(load_rgb(path), big)))
+        except Exception:  # noqa: BLE001 — unreadable files are the tokenizer's business to report
+            continue
+    x = np.stack(arrs).transpose(0, 3, 1, 2)
+    x = x[np.random.default_rng(seed).permutation(len(x))]
+    return x[:-heldout], x[-heldout:]
+
+
+def _to_float(x_uint8):
+    import torch
+
+    return torch.as_tensor(x_uint8).float().div(127.5).sub(1.0)
+
+
+def _center(x, size):
+    o = (x.shape[-1] - size) // 2
+    return x[..., o:o + size, o:o + size]
+
+
+def evaluate_vq(vq, test_uint8, size: int, rfid_images: int = 0) -> dict:
+    import torch
+
+    x = _to_float(_center(test_uint8, size))
+    with torch.no_grad():
+        recon, _ = vq(x)
+        _, codes = vq.encode(x)
+    recon = recon.clamp(-1, 1)
+    mse = ((recon - x) ** 2).mean(dim=(1, 2, 3))
+    psnr = (10 * torch.log10(4.0 / mse)).mean().item()  # peak-to-peak range 2 in [-1, 1]
+    out = {"psnr_db": psnr, "mse": mse.mean().item(),
+           "codebook_usage": torch.unique(codes).numel() / vq.cfg.codebook_size}
+    if rfid_images:
+        from par.metrics import extract_features, feature_statistics, frechet_distance
+
+        to8 = lambda t: torch.clamp(127.5 * t + 128, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa
+        real, fake = (feature_statistics(extract_features(to8(t[:rfid_images]))) for t in (x, recon))
+        out["rfid"] = frechet_distance(*real, *fake)
+    return out
+
+
+def train_vq(cfg: VQTrainConfig) -> dict:
+    import torch
+
+    from par.tokenizer import VQConfig, VQModel, save_vq
+
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    mult = tuple(int(m) for m in cfg.ch_mult.split(","))
+    vq = VQModel(VQConfig(codebook_size=cfg.codebook_size, codebook_embed_dim=cfg.codebook_embed_dim, ch=cfg.ch,
+                          encoder_ch_mult=mult, decoder_ch_mult=mult, z_channels=cfg.z_channels))
+    train_x, test_x = _load_images(cfg.images, cfg.image_size, cfg.seed, cfg.heldout)
+    before = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
+    opt = torch.optim.Adam(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    big, size = train_x.shape[-1], cfg.image_size
+    vq.train()
+    t0, log = time.perf_counter(), []
+    from tqdm import tqdm
+
+    for step in tqdm(range(cfg.steps), desc="train-vq", dynamic_ncols=True):
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, len(train_x), (cfg.batch_size,), generator=gen)
+        ox, oy = torch.randint(0, big - size + 1, (2,), generator=gen).tolist()
+        x = _to_float(train_x[idx.numpy()][..., oy:oy + size, ox:ox + size])
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(-1)
+        _, losses = vq(x)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        if (step + 1) % max(1, cfg.steps // 20) == 0:
+            log.append({"step": step + 1, **{k: float(v) for k, v in losses.items()}})
+    after = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
+    grid = size // vq.cfg.downsample
+    metrics = {"config": dataclasses.asdict(cfg), "grid": [grid, grid], "train_images": len(train_x),
+               "heldout_images": len(test_x), "seconds": time.perf_counter() - t0, "before": before,
+               "after": after, "log": log}
+    save_vq(vq, out / "vq.pt")
+    io.write_json(out / "vq_metrics.json", metrics)
+    return metrics
+
+
+def cmd_train_vq(args) -> int:
+    from par.train import config_from_args
+
+    m = train_vq(config_from_args(args, VQTrainConfig))
+    b, a = m["before"], m["after"]
+    print(f"held-out PSNR {b['psnr_db']:.2f} → {a['psnr_db']:.2f} dB, MSE {b['mse']:.4f} → {a['mse']:.4f}, "
+          f"codebook usage {b['codebook_usage']:.2%} → {a['codebook_usage']:.2%}"
+          + (f", rFID {b['rfid']:.1f} → {a['rfid']:.1f}" if "rfid" in a else ""))
+    return 0
+
+
+def register(sub):
+    from par.train import add_config_arguments
+
+    p = sub.add_parser("train-vq", help="train a small VQ tokenizer (tiny preset)")
+    add_config_arguments(p, VQTrainConfig)
+    p.add_argument("--config", help="JSON/YAML file with the fields above")
+    p.set_defaults(func=cmd_train_vq)
