@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "par.train",  # train
     "par.sample",  # sample
     "par.vqtrain",  # train-vq
+    "par.reference",  # make-reference
     "par.metrics",  # evaluate
     "par.entropy",  # entropy map | increase | features | figures
 ]
