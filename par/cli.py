@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "par.sample",  # sample
     "par.vqtrain",  # train-vq
     "par.reference",  # make-reference
+    "par.tables",  # tables
+    "par.report",  # report
     "par.metrics",  # evaluate
     "par.entropy",  # entropy map | increase | features | figures
 ]

@@ -372,8 +372,23 @@ def config_from_args(args, cls=TrainConfig):
     return cfg
 
 
+def slurm_available() -> bool:
+    """A Slurm controller answers (not merely: the client tools are installed)."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def cmd_train(args) -> int:
     cfg = config_from_args(args)
+    if args.launcher == "auto":
+        args.launcher = "slurm" if slurm_available() else "inprocess"
     if args.launcher == "inprocess":
         print(train(cfg))
         return 0
@@ -387,8 +402,9 @@ def register(sub):
     p = sub.add_parser("train", help="train a PAR / LlamaGen model (in-process, local DDP or Slurm via submitit)")
     p.add_argument("--config", help="JSON/YAML file with training fields (flags override it)")
     add_config_arguments(p)
-    p.add_argument("--launcher", choices=["inprocess", "local", "slurm"], default="inprocess",
-                   help="inprocess: this process (torchrun-compatible); local/slurm: submitit executors")
+    p.add_argument("--launcher", choices=["auto", "inprocess", "local", "slurm"], default="inprocess",
+                   help="inprocess: this process (torchrun-compatible); local/slurm: submitit executors; "
+                        "auto: slurm if a Slurm controller answers, else inprocess")
     from par.launch import add_cluster_arguments
 
     add_cluster_arguments(p)

@@ -33,6 +33,7 @@ class VQTrainConfig:
     ch: int = 32
     ch_mult: str = "1,2,2"  # levels; downsample = 2^(levels-1)
     z_channels: int = 32
+    res_blocks: int = 1  # per level, encoder and decoder (VQ-16 uses 2 / 3)
     codebook_size: int = 512
     codebook_embed_dim: int = 8
     steps: int = 300
@@ -103,7 +104,8 @@ def train_vq(cfg: VQTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     mult = tuple(int(m) for m in cfg.ch_mult.split(","))
     vq = VQModel(VQConfig(codebook_size=cfg.codebook_size, codebook_embed_dim=cfg.codebook_embed_dim, ch=cfg.ch,
-                          encoder_ch_mult=mult, decoder_ch_mult=mult, z_channels=cfg.z_channels))
+                          encoder_ch_mult=mult, decoder_ch_mult=mult, z_channels=cfg.z_channels,
+                          enc_res_blocks=cfg.res_blocks, dec_res_blocks=cfg.res_blocks))
     train_x, test_x = _load_images(cfg.images, cfg.image_size, cfg.seed, cfg.heldout)
     before = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
     opt = torch.optim.Adam(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
