@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "par.reference",  # make-reference
     "par.tables",  # tables
     "par.report",  # report
+    "par.plan",  # plan
+    "par.fetch",  # fetch
     "par.metrics",  # evaluate
     "par.entropy",  # entropy map | increase | features | figures
 ]

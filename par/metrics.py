@@ -28,8 +28,9 @@ How this differs from the TF ADM evaluator:
   Those statistics came from TF features, so such an FID mixes TF reference statistics with PyTorch sample
   features.
 * Precision/recall uses torch-fidelity: k=3 (the 3rd neighbour other than the point itself), float32
-  Euclidean ``cdist``. ADM uses the same manifold rule on squared distances computed in float16. Points on
-  a radius boundary can flip.
+  Euclidean ``cdist``. ADM uses the same manifold rule (reference = 10k images of its reference batch) on
+  squared distances computed in float16 (float32 only if float16 overflows). Points near a radius
+  boundary can flip.
 * IS uses ceil(N/5000) equal, unshuffled splits. ADM uses consecutive chunks of 5000. The two agree when
   N is a multiple of 5000 (50k: 10 splits).
 * KID is not in ADM. torch-fidelity defaults: cubic polynomial kernel, 100 subsets of min(1000, N).
@@ -248,12 +249,12 @@ def _use_cuda(device: str | None) -> bool:
     return device == "cuda"
 
 
-def create_feature_extractor(cuda: bool = False):
+def create_feature_extractor(cuda: bool = False, weights: str | os.PathLike | None = None):
     """The pool3 extractor as a torch-fidelity module (uint8 (N, 3, H, W) → tuple with (N, 2048) float32)."""
     from torch_fidelity.utils import create_feature_extractor as tf_create
 
     _extractor_class()
-    return tf_create(FEATURE_EXTRACTOR_NAME, ["2048"], cuda=cuda, verbose=False)
+    return tf_create(FEATURE_EXTRACTOR_NAME, ["2048"], cuda=cuda, verbose=False, feature_extractor_weights_path=weights)
 
 
 def _as_dataset(images):
@@ -276,9 +277,10 @@ def extract_features(images, batch_size: int = 64, cuda: bool = False, extractor
     from torch_fidelity.utils import get_featuresdict_from_dataset
 
     extractor = extractor or create_feature_extractor(cuda)
-    # save_cpu_ram=True means no loader worker processes: on the CPU they would compete with the network.
+    # save_cpu_ram=True: no loader worker processes. On the CPU they would compete with the network, and
+    # reading an (memory-mapped) ADM npz is far cheaper than the Inception pass even on a GPU.
     feats = get_featuresdict_from_dataset(_as_dataset(images), extractor, batch_size, cuda,
-                                          save_cpu_ram=not cuda, verbose=verbose)
+                                          save_cpu_ram=True, verbose=verbose)
     return feats["2048"]
 
 
@@ -289,8 +291,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance of two Gaussians via torch-fidelity's routine (both sides cast to float64)."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
-    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731 -- torch-fidelity asserts equal dtypes
-    s1, s2 = {"mu": f64(mu1), "sigma": f64(sigma1)}, {"mu": f64(mu2), "sigma": f64(sigma2)}
+    # float64 on both sides: torch-fidelity asserts equal dtypes, and ADM stats npz files are float64.
+    s1 = {"mu": np.asarray(mu1, np.float64), "sigma": np.asarray(sigma1, np.float64)}
+    s2 = {"mu": np.asarray(mu2, np.float64), "sigma": np.asarray(sigma2, np.float64)}
     return fid_statistics_to_metric(s1, s2, verbose=False)[KEY_METRIC_FID]
 
 
@@ -311,6 +314,8 @@ def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
         npz = np.load(path)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: not a readable .npz ({e})") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise UserError(f"{path}: a single array, not an .npz; save the statistics with np.savez(path, mu=..., sigma=...)")
     with npz:
         missing = [k for k in ("mu", "sigma") if k not in npz.files]
         if missing:
@@ -325,6 +330,13 @@ def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     return mu, sigma
 
 
+def default_isc_weights() -> Path:
+    """Where torch-fidelity keeps its Inception weights: ``$TORCH_HOME/hub/checkpoints/`` (torch hub cache)."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / ISC_WEIGHTS_FILE
+
+
 def isc_weights_path(isc_weights: str | os.PathLike | None = None) -> Path | None:
     """An explicit ``--isc-weights`` file (must exist), else torch-fidelity's hub cache file if present."""
     if isc_weights is not None:
@@ -332,9 +344,7 @@ def isc_weights_path(isc_weights: str | os.PathLike | None = None) -> Path | Non
         if not path.is_file():
             raise UserError(f"--isc-weights {path}: no such file; give torch-fidelity's {ISC_WEIGHTS_FILE}")
         return path
-    import torch
-
-    path = Path(torch.hub.get_dir()) / "checkpoints" / ISC_WEIGHTS_FILE
+    path = default_isc_weights()
     return path if path.is_file() else None
 
 
@@ -431,13 +441,14 @@ def evaluate(samples, reference=None, reference_stats=None, metrics=METRICS, bat
     isc_path = isc_weights_path(isc_weights) if "isc" in names else None
 
     weights_path, source_sha = fidhelper_weights()
-    extractor = create_feature_extractor(cuda)
+    extractor = create_feature_extractor(cuda, weights_path)
     feats = extract_features(sample_images, batch_size, cuda, extractor, verbose)
-    ref_feats = None if ref_images is None else extract_features(ref_images, batch_size, cuda, extractor, verbose)
+    need_ref = ref_images is not None and any(n in names for n in ("fid", "kid", "prc"))  # IS is unary
+    ref_feats = extract_features(ref_images, batch_size, cuda, extractor, verbose) if need_ref else None
 
     values, unavailable = {}, {}
     no_images = "needs reference images; only reference statistics (mu/sigma) were given"
-    n_ref = len(ref_feats) if ref_feats is not None else None
+    n_ref = len(ref_images) if ref_images is not None else None
     for name in names:
         if name == "fid":
             mu1, sigma1 = feature_statistics(feats)
@@ -463,7 +474,7 @@ def evaluate(samples, reference=None, reference_stats=None, metrics=METRICS, bat
         elif name == "isc":
             if isc_path is None:
                 unavailable[name] = ("needs the classifier of torch-fidelity's Inception weights, not found at "
-                                     f"{_default_isc_location()}; place the file there or pass --isc-weights "
+                                     f"{default_isc_weights()}; place the file there or pass --isc-weights "
                                      "(the pool3-only port has no logits)")
                 continue
             fc, reason = load_isc_classifier(isc_path, weights_path)
@@ -508,12 +519,6 @@ def evaluate(samples, reference=None, reference_stats=None, metrics=METRICS, bat
         result["isc_weights"] = {"path": str(isc_path), "sha256": sha256_file(isc_path)}
     result["seconds"] = round(time.time() - t0, 3)
     return result
-
-
-def _default_isc_location() -> str:
-    import torch
-
-    return str(Path(torch.hub.get_dir()) / "checkpoints" / ISC_WEIGHTS_FILE)
 
 
 def _load_images(source, max_images, what: str):

@@ -89,10 +89,12 @@ def build_table(name: str, rows_spec: dict, preset: dict, results: Path, with_pa
     if not records:
         return None, notes
     df = pd.DataFrame.from_records(records).set_index("row")
-    keep = ["model"] + [c for c, _, _ in COLUMNS if c in df] + [c for c in df if c.startswith("paper ")]
+    always = {"steps", "seconds_per_image", "fid", "isc", "precision", "recall"}  # shown even when unavailable
+    keep = ["model"] + [c for c, _, _ in COLUMNS if c in df or c in always] + [c for c in df if c.startswith("paper ")]
+    df = df.reindex(columns=keep)
     if name == "table2":
         keep = [c for c in keep if c != "params"]
-    return df[keep], sorted(set(notes))
+    return df[keep].astype(object).where(df[keep].notna(), None), sorted(set(notes))
 
 
 def _fmt(df):

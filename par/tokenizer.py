@@ -21,7 +21,7 @@ import os
 import pathlib
 import pickle
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch

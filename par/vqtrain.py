@@ -29,7 +29,9 @@ class VQTrainConfig:
     REQUIRED = ("images", "out")
     images: str = ""  # ImageFolder root
     out: str = ""
-    image_size: int = 48
+    image_size: int = 48  # the tokenizer's input size downstream (held-out metrics use it)
+    train_crop: int = 0  # random crop size for training (0 → image_size); the net is convolutional, so a
+    #                      smaller crop trains the same weights faster
     ch: int = 32
     ch_mult: str = "1,2,2"  # levels; downsample = 2^(levels-1)
     z_channels: int = 32
@@ -110,7 +112,7 @@ def train_vq(cfg: VQTrainConfig) -> dict:
     before = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
     opt = torch.optim.Adam(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
-    big, size = train_x.shape[-1], cfg.image_size
+    big, size = train_x.shape[-1], cfg.train_crop or cfg.image_size
     vq.train()
     t0, log = time.perf_counter(), []
     from tqdm import tqdm
@@ -131,7 +133,7 @@ def train_vq(cfg: VQTrainConfig) -> dict:
         if (step + 1) % max(1, cfg.steps // 20) == 0:
             log.append({"step": step + 1, **{k: float(v) for k, v in losses.items()}})
     after = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
-    grid = size // vq.cfg.downsample
+    grid = cfg.image_size // vq.cfg.downsample
     metrics = {"config": dataclasses.asdict(cfg), "grid": [grid, grid], "train_images": len(train_x),
                "heldout_images": len(test_x), "seconds": time.perf_counter() - t0, "before": before,
                "after": after, "log": log}

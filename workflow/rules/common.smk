@@ -62,4 +62,21 @@ def model_file(wc):
 
 
 def vq_file(wc=None):
-    return C["tokenizer"].get("checkpoint") or f"{R}/vq/vq.pt"
+    t = C["tokenizer"]
+    return t.get("checkpoint") or (f"{R}/downloads/{t['url'].rsplit('/', 1)[-1]}" if t.get("url") else f"{R}/vq/vq.pt")
+
+
+def reference_stats():
+    d = C["data"]
+    if d.get("reference_stats_url"):
+        return f"{R}/downloads/{d['reference_stats_url'].rsplit('/', 1)[-1]}"
+    return d.get("reference_stats")
+
+
+def download_source(wc):
+    """(url, sha256) of a released file named `wc.file` in the preset."""
+    for url, sha in ((C["tokenizer"].get("url"), C["tokenizer"].get("sha256", "")),
+                     (C["data"].get("reference_stats_url"), C["data"].get("reference_stats_sha256", ""))):
+        if url and url.rsplit("/", 1)[-1] == wc.file:
+            return url, sha
+    raise ValueError(f"no download configured for {wc.file}")

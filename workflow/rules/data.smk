@@ -78,3 +78,13 @@ rule tokenize:
         **res("tokenize"),
     shell:
         "OMP_NUM_THREADS={threads} par tokenize --images {params.root} --vq {input.vq} --out {R}/tokens {params.args}"
+
+
+rule fetch:
+    output:
+        f"{R}/downloads/{{file}}",
+    params:
+        url=lambda wc: download_source(wc)[0],
+        sha=lambda wc: download_source(wc)[1],
+    shell:
+        "par fetch --url {params.url} --out {output} --sha256 '{params.sha}'"

@@ -2,8 +2,8 @@
 
 
 def reference_args(wc=None):
-    if C["data"].get("reference_stats"):
-        return {"stats": C["data"]["reference_stats"]}
+    if reference_stats():
+        return {"stats": reference_stats()}
     return {"images": f"{R}/reference.npz"}
 
 

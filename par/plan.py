@@ -1,0 +1,85 @@
+"""`par plan`: the compute bill of a preset before anything is submitted.
+
+Training FLOPs ≈ 6 · params · tokens (tokens = steps · global batch · sequence length); sampling FLOPs ≈
+2 · params · tokens generated, doubled by classifier-free guidance. GPU-hours follow from the peak bf16
+throughput of an A100 / H100 at an assumed model-FLOPs utilisation (MFU).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from par.train import PEAK_FLOPS
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def _params(size: str, order: str, n: int, grid, vocab: int, classes: int, regions: int = 0) -> int:
+    import torch
+
+    from par.model import Transformer, model_config
+
+    with torch.device("meta"):
+        return Transformer(model_config(size, grid=tuple(grid), order=order, n=n, vocab_size=vocab,
+                                        num_classes=classes, regions=regions)).num_params
+
+
+def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list[dict]:
+    from par.order import Order
+    from par.tables import load_config
+
+    cfg, preset = load_config(config_path, preset_name)
+    manifest = Path(results) / "tokens" / "manifest.json"
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        images, grid, vocab, classes = m["num_images"], m["grid"], m["codebook_size"], m["num_classes"]
+    elif preset_name == "paper":
+        images, grid, vocab, classes = IMAGENET_TRAIN_IMAGES, (24, 24), 16384, 1000
+    else:
+        d = preset["data"].get("tinyset", {})
+        images, classes, vocab = 10 * d.get("images_per_class", 400), 10, preset["tokenizer"]["train"]["codebook_size"]
+        side = preset["tokenize"]["image_size"] // 2 ** (len(preset["tokenizer"]["train"]["ch_mult"].split(",")) - 1)
+        grid = (side, side)
+    rows = []
+    for name, m in sorted(preset["models"].items()):
+        train = {**preset["train"], **m}
+        order = Order(tuple(grid), m["order"], m["n"], m.get("initial_sequential", True),
+                      m.get("group_attention", "full"), m.get("regions", 0))
+        params = _params(m["size"], m["order"], m["n"], grid, vocab, classes, m.get("regions", 0))
+        steps = train.get("max_steps") or int(train.get("epochs", 1) * (images // train["global_batch"]))
+        train_flops = 0.0 if m.get("checkpoint") else 6 * params * steps * train["global_batch"] * order.layout.seq_len
+        s = {**preset["sample"], **m}
+        sample_flops = 2 * params * order.num_tokens * s["num_samples"] * (2 if s.get("cfg_scale", 1) > 1 else 1)
+        row = {"model": name, "size": m["size"], "n": m["n"], "params": params, "train_steps": steps,
+               "train_flops": train_flops, "sample_flops": sample_flops}
+        for gpu, peak in (("A100", PEAK_FLOPS["A100"]), ("H100", PEAK_FLOPS["H100"])):
+            row[f"{gpu}_hours"] = (train_flops + sample_flops) / (peak * mfu) / 3600
+        rows.append(row)
+    return rows
+
+
+def cmd_plan(args) -> int:
+    import pandas as pd
+
+    rows = plan(args.config, args.preset, args.results or f"results/{args.preset}", args.mfu)
+    df = pd.DataFrame(rows).set_index("model")
+    total = df[["train_flops", "sample_flops", "A100_hours", "H100_hours"]].sum()
+    show = df.assign(train_flops=df.train_flops.map("{:.2e}".format), sample_flops=df.sample_flops.map("{:.2e}".format),
+                     params=df.params.map("{:,}".format), A100_hours=df.A100_hours.map("{:,.1f}".format),
+                     H100_hours=df.H100_hours.map("{:,.1f}".format))
+    print(f"Compute plan for preset `{args.preset}` at an assumed MFU of {args.mfu:.0%} (bf16 peak: A100 312, H100 989 "
+          "TFLOP/s)\n")
+    print(show.to_markdown())
+    print(f"\nTotal: {total.train_flops:.2e} training + {total.sample_flops:.2e} sampling FLOPs = "
+          f"{total.A100_hours:,.0f} A100-hours or {total.H100_hours:,.0f} H100-hours")
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("plan", help="estimated FLOPs and GPU-hours of every job of a preset")
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--results", help="results/<preset> (to read the token manifest if it exists)")
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation (default 0.4)")
+    p.set_defaults(func=cmd_plan)

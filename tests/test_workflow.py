@@ -1,0 +1,95 @@
+"""Workflow: config validation, tables filled from result files, and (slow) the tiny DAG end to end."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from par.tables import PAPER, write_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_results(root: Path, models: dict):
+    for i, m in enumerate(models):
+        (root / "metrics").mkdir(parents=True, exist_ok=True)
+        (root / "samples" / m).mkdir(parents=True, exist_ok=True)
+        (root / "models" / m).mkdir(parents=True, exist_ok=True)
+        metrics = {"fid": 10.0 + i + 0.123, "kid": 0.01 * (i + 1), "precision": 0.5 + i / 100, "recall": 0.25,
+                   "isc": None}
+        (root / "metrics" / f"{m}.json").write_text(json.dumps(
+            {"metrics": metrics, "unavailable": {"isc": "no Inception logits weights offline"}, "n_samples": 200}))
+        (root / "samples" / m / "sampling.json").write_text(json.dumps(
+            {"forward_calls": 100 + i, "seconds_per_image_batch1": 0.5 + i}))
+        (root / "models" / m / "config.json").write_text(json.dumps({"params": 1000 + i}))
+
+
+def test_every_table_cell_comes_from_a_result_file(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    models = cfg["presets"]["tiny"]["models"]
+    _fake_results(tmp_path / "res", models)
+    write_tables(ROOT / "config.yaml", "tiny", tmp_path / "res", tmp_path / "tables")
+    import pandas as pd
+
+    res = tmp_path / "res"
+    for name in cfg["tables"]:
+        df = pd.read_csv(tmp_path / "tables" / f"{name}.csv", index_col="row")
+        for _, row in df.iterrows():
+            m = row["model"]
+            metrics = json.loads((res / "metrics" / f"{m}.json").read_text())["metrics"]
+            sampling = json.loads((res / "samples" / m / "sampling.json").read_text())
+            assert row["steps"] == sampling["forward_calls"]
+            assert row["seconds_per_image"] == sampling["seconds_per_image_batch1"]
+            for k in ("fid", "kid", "precision", "recall"):
+                assert row[k] == metrics[k]
+            assert "isc" not in row or pd.isna(row["isc"])
+    md = (tmp_path / "tables" / "table3b.md").read_text()
+    assert "Unavailable" in md and "no Inception logits" in md and "–" in md  # IS missing, with its reason
+    # change one result file: exactly that cell changes
+    m = "par-n16"
+    p = tmp_path / "res" / "metrics" / f"{m}.json"
+    d = json.loads(p.read_text())
+    d["metrics"]["fid"] = 77.77
+    p.write_text(json.dumps(d))
+    write_tables(ROOT / "config.yaml", "tiny", tmp_path / "res", tmp_path / "tables")
+    assert "77.77" in (tmp_path / "tables" / "table3b.md").read_text()
+    # the paper's numbers appear only for the paper preset, labelled
+    assert "(paper)" not in (tmp_path / "tables" / "table2.md").read_text()
+
+
+def test_paper_values_are_labelled(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    _fake_results(tmp_path / "res", cfg["presets"]["paper"]["models"])
+    write_tables(ROOT / "config.yaml", "paper", tmp_path / "res", tmp_path / "tables")
+    md = (tmp_path / "tables" / "table2.md").read_text()
+    assert "FID ↓ (paper)" in md and f"{PAPER['par-3B-n4']['fid']:.2f}" in md
+
+
+def _snakemake(*args, cwd=ROOT, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_config_schema_rejects_a_wrong_key(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["presets"]["tiny"]["train"]["learning_rate"] = 0.1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    r = _snakemake("-n", "--configfile", str(bad), "--directory", str(tmp_path), "-s", str(ROOT / "workflow/Snakefile"))
+    assert r.returncode != 0
+    assert "learning_rate" in r.stdout + r.stderr
+
+
+def test_paper_dry_run_lists_every_training_job_with_gpus(tmp_path):
+    r = _snakemake("-n", "-p", "all_tables", "--config", "preset=paper", "--directory", str(tmp_path),
+                   "-s", str(ROOT / "workflow/Snakefile"), "--configfile", str(ROOT / "config.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    models = yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]["paper"]["models"]
+    for m in models:
+        assert f"--out results/paper/models/{m} " in out
+    assert out.count("--gpus-per-node 8") >= len(models)
