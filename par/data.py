@@ -333,7 +333,7 @@ def tokenize(images, vq, out, *, image_size: int = 384, crop_range: float = 1.1,
         if not path.exists():
             pending.append(k)
             continue
-        model = model or load_model()
+        model = load_model() if model is None else model
         try:
             meta = read_shard_meta(path)
         except Exception as e:  # noqa: BLE001 — unreadable: ours to redo (writes are atomic, so rare)
@@ -347,13 +347,16 @@ def tokenize(images, vq, out, *, image_size: int = 384, crop_range: float = 1.1,
 
     written, skipped = [], []
     if pending:
-        model = model or load_model()
+        model = load_model() if model is None else model
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
         model = model.to(dev).eval()
+        tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        if dev.type == "cuda":  # as the reference extract_codes_c2i.py: TF32 matmuls and convolutions
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         h = w = image_size // model.cfg.downsample
         workers = _default_workers() if workers is None else workers
         batches = [list(range(b, min(b + batch_size, (k + 1) * shard_size, len(samples))))
@@ -397,6 +400,7 @@ def tokenize(images, vq, out, *, image_size: int = 384, crop_range: float = 1.1,
                 if delay:
                     time.sleep(delay)
         bar.close()
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
     summary = {"shards_total": total, "shards_mine": len(mine), "written": written, "kept": kept,
                "skipped": skipped, "manifest": None}

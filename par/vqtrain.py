@@ -41,6 +41,7 @@ class VQTrainConfig:
     steps: int = 300
     batch_size: int = 32
     lr: float = 1e-3
+    restart_every: int = 10  # replace codes unused in the last window by current encoder outputs (0 = off)
     heldout: int = 128  # images kept out of training for the metrics
     rfid_images: int = 0  # > 0: also rFID on that many held-out images (Inception on CPU is slow)
     seed: int = 0
@@ -97,6 +98,27 @@ def evaluate_vq(vq, test_uint8, size: int, rfid_images: int = 0) -> dict:
     return out
 
 
+def restart_dead_codes(vq, x, window: int, gen) -> int:
+    """Dead-code restart (as in SoundStream / Jukebox VQ training): codes absent from the last `window`
+    logged assignments are re-initialised to random encoder outputs of the current batch. Without it a
+    small codebook trained briefly collapses onto a handful of codes."""
+    import torch
+    import torch.nn.functional as F
+
+    q = vq.quantize
+    recent = q.codebook_used[-window:].long()
+    dead = torch.ones(vq.cfg.codebook_size, dtype=torch.bool)
+    dead[recent] = False
+    num = int(dead.sum())
+    if num == 0:
+        return 0
+    with torch.no_grad():
+        z = vq.quant_conv(vq.encoder(x)).permute(0, 2, 3, 1).reshape(-1, vq.cfg.codebook_embed_dim)
+        pick = z[torch.randint(0, z.shape[0], (num,), generator=gen)]
+        q.embedding.weight[dead] = F.normalize(pick, dim=-1) if vq.cfg.codebook_l2_norm else pick
+    return num
+
+
 def train_vq(cfg: VQTrainConfig) -> dict:
     import torch
 
@@ -130,6 +152,9 @@ def train_vq(cfg: VQTrainConfig) -> dict:
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         opt.step()
+        if cfg.restart_every and (step + 1) % cfg.restart_every == 0 and step < 0.8 * cfg.steps:
+            restart_dead_codes(vq, x, window=cfg.restart_every * x.shape[0] * (size // vq.cfg.downsample) ** 2,
+                               gen=gen)
         if (step + 1) % max(1, cfg.steps // 20) == 0:
             log.append({"step": step + 1, **{k: float(v) for k, v in losses.items()}})
     after = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)

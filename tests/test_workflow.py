@@ -93,3 +93,60 @@ def test_paper_dry_run_lists_every_training_job_with_gpus(tmp_path):
     for m in models:
         assert f"--out results/paper/models/{m} " in out
     assert out.count("--gpus-per-node 8") >= len(models)
+
+
+def mini_config(tmp_path: Path, launcher: str = "inprocess") -> Path:
+    """The tiny preset, trimmed to three models and fewer steps: the same DAG in a few minutes."""
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    t = cfg["presets"]["tiny"]
+    t["data"]["tinyset"]["images_per_class"] = 40
+    t["data"]["reference_images"] = 100
+    t["tokenizer"]["train"].update(steps=40, heldout=32)
+    t["tokenize"]["shard_size"] = 200
+    t["train"].update(max_steps=40, ckpt_every=20, launcher=launcher)
+    t["models"] = {k: t["models"][k] for k in ("raster-n1", "par-n4", "par-n16")}
+    t["sample"].update(num_samples=40, shard_size=40, batch_size=40)
+    t["entropy"]["num_images"] = 200
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return tmp_path / "config.yaml"
+
+
+def _run_dag(tmp_path, *extra, env=None, timeout=1800, launcher="inprocess"):
+    mini_config(tmp_path, launcher)
+    return _snakemake("all_tables", "--cores", "2", "-s", str(ROOT / "workflow/Snakefile"), "--directory",
+                      str(tmp_path), *extra, env=env, timeout=timeout)
+
+
+def _jobs_of_dry_run(tmp_path):
+    r = _snakemake("-n", "all_tables", "-s", str(ROOT / "workflow/Snakefile"), "--directory", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {ln.split()[0]: int(ln.split()[1]) for ln in table.splitlines()[3:] if ln.strip()}
+
+
+@pytest.mark.slow
+def test_tiny_dag_end_to_end_then_up_to_date_then_partial_rerun(tmp_path):
+    r = _run_dag(tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    for f in ["analysis/report.md", "analysis/report.html", "analysis/entropy/entropy_maps.png",
+              "analysis/entropy/entropy_increase.png", "analysis/figures/speed_vs_fid.png"] + \
+             [f"analysis/tables/{t}.{e}" for t in ("table2", "table3a", "table3b", "table3c", "table3d", "table3e")
+              for e in ("md", "csv", "tex")]:
+        assert (tmp_path / f).exists(), f
+    assert _jobs_of_dry_run(tmp_path) == {}  # a second run does nothing
+    (tmp_path / "results/tiny/models/par-n16/model.pt").unlink()
+    assert _jobs_of_dry_run(tmp_path) == {"train": 1, "sample": 1, "evaluate": 1, "tables": 1, "report": 1,
+                                          "all_tables": 1}
+
+
+@pytest.mark.slow
+def test_tiny_dag_through_the_slurm_profile(slurm_env, tmp_path):
+    r = _run_dag(tmp_path, "--profile", str(ROOT / "slurm"), "--slurm-init-seconds-before-status-checks", "2",
+                 "--jobs", "4", env=slurm_env.env, launcher="slurm")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:] + slurm_env.logs()
+    assert (tmp_path / "analysis/report.md").exists()
+    train_record = json.loads((tmp_path / "results/tiny/models/par-n4/job.json").read_text())
+    assert train_record["launcher"] == "slurm"  # training went through submitit onto the cluster
