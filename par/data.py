@@ -475,6 +475,23 @@ def finalize(out) -> Path:
 
 # ----------------------------------------------------------------------------- training dataset (§8.2)
 
+def load_token_arrays(data_dir: str | Path):
+    """Read every shard of a `par tokenize` directory: codes (images, crops, N), labels, manifest."""
+    data_dir = Path(data_dir)
+    mpath = data_dir / "manifest.json"
+    if not mpath.exists():
+        raise UserError(f"{mpath}: missing; run `par tokenize` on the images first (it writes the manifest last)")
+    manifest = json.loads(mpath.read_text())
+    shards = sorted(data_dir.glob("shard-*.npz"))
+    if len(shards) != manifest["num_shards"]:
+        raise UserError(f"{data_dir}: {len(shards)} shards on disk, manifest says {manifest['num_shards']}; "
+                        "re-run `par tokenize` to complete it")
+    parts = [np.load(s) for s in shards]  # everything in memory: int16 ImageNet codes are 14.7 GB
+    codes = np.concatenate([p["codes"] for p in parts])
+    labels = np.concatenate([p["labels"] for p in parts]).astype(np.int64)
+    return codes, labels, manifest
+
+
 class TokenDataset:
     """Map-style dataset over a `par tokenize` directory: item i → (codes (h·w,) int64 raster, label int64).
 

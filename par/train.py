@@ -85,6 +85,8 @@ class TokenArrays:
 
     @classmethod
     def load(cls, data_dir: str | Path) -> "TokenArrays":
+        from par.data import load_token_arrays
+
         codes, labels, manifest = load_token_arrays(data_dir)
         return cls(torch.from_numpy(codes), torch.from_numpy(labels), tuple(manifest["grid"]),
                    int(manifest["codebook_size"]), int(manifest["num_classes"]))
@@ -101,23 +103,6 @@ class TokenArrays:
                               generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919 * step + 1))
         idx, crops = idx[rank::world], crops[rank::world]
         return self.codes[idx, crops].long(), self.labels[idx].long()
-
-
-def load_token_arrays(data_dir: str | Path):
-    """Read every shard of a `par tokenize` directory: codes (images, crops, N), labels, manifest."""
-    data_dir = Path(data_dir)
-    mpath = data_dir / "manifest.json"
-    if not mpath.exists():
-        raise UserError(f"{mpath}: missing; run `par tokenize` on the images first (it writes the manifest last)")
-    manifest = json.loads(mpath.read_text())
-    shards = sorted(data_dir.glob("shard-*.npz"))
-    if len(shards) != manifest["num_shards"]:
-        raise UserError(f"{data_dir}: {len(shards)} shards on disk, manifest says {manifest['num_shards']}; "
-                        "re-run `par tokenize` to complete it")
-    parts = [np.load(s) for s in shards]
-    codes = np.concatenate([p["codes"] for p in parts])
-    labels = np.concatenate([p["labels"] for p in parts]).astype(np.int64)
-    return codes, labels, manifest
 
 
 # -- optimisation ----------------------------------------------------------------------------------

@@ -57,8 +57,12 @@ def sample_flags(wc):
     return flags(d)
 
 
+def model_path(model):
+    return released(model) or f"{R}/models/{model}/model.pt"
+
+
 def model_file(wc):
-    return released(wc.model) or f"{R}/models/{wc.model}/model.pt"
+    return model_path(wc.model)
 
 
 def vq_file(wc=None):
