@@ -258,6 +258,7 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(pos, k, v)
+            k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]  # the mask's width = keys attended
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout_p if self.training else 0.0
         )
@@ -388,8 +389,12 @@ class Transformer(nn.Module):
 
     def decode_step(self, tokens: torch.Tensor, labels: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """One forward call of generation over sequence positions `pos` (writes their keys/values);
-        returns float32 logits (B, len(pos), V). Static shapes: CUDA-graph/compile friendly."""
-        h = self._trunk(self.embed(tokens, labels, pos), pos, self._mask(pos, self.cache_len))
+        returns float32 logits (B, len(pos), V).
+
+        On CUDA every call attends over the whole static cache (fixed shapes: CUDA-graph / compile friendly);
+        on the CPU only over the keys visible to this call (fewer FLOPs, shapes vary per call)."""
+        num_keys = self.cache_len if pos.is_cuda else int(self.block_end[pos[-1]])
+        h = self._trunk(self.embed(tokens, labels, pos), pos, self._mask(pos, num_keys))
         return self.output(h).float()
 
     @property
