@@ -116,9 +116,9 @@ SIZES: dict[str, dict] = {
     "GPT-XXL": dict(n_layer=48, n_head=24, dim=1536),
     "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),
     "tiny-S": dict(n_layer=2, n_head=4, dim=64, multiple_of=32),
-    "tiny-M": dict(n_layer=4, n_head=4, dim=128, multiple_of=32),
-    "tiny-L": dict(n_layer=6, n_head=6, dim=192, multiple_of=32),
-    "tiny-XL": dict(n_layer=8, n_head=8, dim=256, multiple_of=32),
+    "tiny-M": dict(n_layer=3, n_head=4, dim=96, multiple_of=32),
+    "tiny-L": dict(n_layer=4, n_head=4, dim=128, multiple_of=32),
+    "tiny-XL": dict(n_layer=6, n_head=6, dim=192, multiple_of=32),
 }
 
 
