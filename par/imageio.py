@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -160,21 +159,8 @@ def write_adm_npz(images: np.ndarray | Sequence[np.ndarray], path: str | os.Path
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``.
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path`` (par.io)."""
+    from par.io import atomic_path
 
-    Readers (and Snakemake) never see a partial file. The file gets the usual umask-based mode, not
-    mkstemp's 0600, because sample files and results are shared.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -86,12 +86,10 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
+    """Strict JSON (no NaN/Infinity: an unavailable metric is null, never NaN), written atomically."""
+    from par.io import write_text
 
-    atomic_write(path, write)
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 # ------------------------------------------------------------------------------- feature extractor
@@ -287,6 +285,24 @@ def extract_features(images, batch_size: int = 64, cuda: bool = False, extractor
 # ------------------------------------------------------------------------------------------ metrics
 
 
+def reference_features(path, images, max_images, extractor_sha: str, batch_size, cuda, extractor, verbose):
+    """Pool3 features of the reference set, cached per (file content, extractor, max_images): every model of
+    a workflow is scored against the same reference, whose features are then extracted once."""
+    import torch
+
+    if path is None or not Path(path).is_file():
+        return extract_features(images, batch_size, cuda, extractor, verbose)
+    key = hashlib.sha256(f"{sha256_file(path)}|{extractor_sha}|{max_images}".encode()).hexdigest()[:24]
+    cached = cache_dir() / f"reference-features-{key}.pt"
+    if cached.exists():
+        return torch.load(cached, weights_only=True)
+    feats = extract_features(images, batch_size, cuda, extractor, verbose)
+    from par.io import torch_save
+
+    torch_save(feats, cached)
+    return feats
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance of two Gaussians via torch-fidelity's routine (both sides cast to float64)."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
@@ -444,7 +460,8 @@ def evaluate(samples, reference=None, reference_stats=None, metrics=METRICS, bat
     extractor = create_feature_extractor(cuda, weights_path)
     feats = extract_features(sample_images, batch_size, cuda, extractor, verbose)
     need_ref = ref_images is not None and any(n in names for n in ("fid", "kid", "prc"))  # IS is unary
-    ref_feats = extract_features(ref_images, batch_size, cuda, extractor, verbose) if need_ref else None
+    ref_feats = reference_features(ref_path, ref_images, max_images, source_sha, batch_size, cuda, extractor,
+                                   verbose) if need_ref else None
 
     values, unavailable = {}, {}
     no_images = "needs reference images; only reference statistics (mu/sigma) were given"

@@ -96,7 +96,7 @@ class Layout:
     @cached_property
     def sources(self) -> tuple[np.ndarray, np.ndarray]:
         """(kind, index) of the input at every sequence position: CLS, TOKEN z_index, or SPE spe_index."""
-        N, n, S, b0 = self.num_tokens, self.n, self.seq_len, self.first_block
+        n, S, b0 = self.n, self.seq_len, self.first_block
         kind = np.full(S, TOKEN)
         index = np.zeros(S, dtype=np.int64)
         kind[0] = CLS

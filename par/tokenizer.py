@@ -17,10 +17,8 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import pickle
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from par.errors import UserError
+from par.io import torch_save
 
 CODEBOOK_LOG_LEN = 65536  # length of the reference's `codebook_used` usage log (a state-dict buffer)
 
@@ -400,18 +399,9 @@ def load_vq(path, config: VQConfig | None = None) -> VQModel:
 
 def save_vq(model: VQModel, path) -> None:
     """Write {"model": state_dict, "config": asdict(cfg)} atomically (temp file in the same dir + os.replace)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.asdict(model.cfg)
     cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}  # plain types for weights_only
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"model": model.state_dict(), "config": cfg}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    torch_save({"model": model.state_dict(), "config": cfg}, path)
 
 
 # ----------------------------------------------------------------------------- golden checks

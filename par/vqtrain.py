@@ -12,7 +12,6 @@ usage before and after training (and rFID with `--rfid-images`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -156,7 +155,7 @@ def train_vq(cfg: VQTrainConfig) -> dict:
             restart_dead_codes(vq, x, window=cfg.restart_every * x.shape[0] * (size // vq.cfg.downsample) ** 2,
                                gen=gen)
         if (step + 1) % max(1, cfg.steps // 20) == 0:
-            log.append({"step": step + 1, **{k: float(v) for k, v in losses.items()}})
+            log.append({"step": step + 1, **{k: v.item() for k, v in losses.items()}})
     after = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
     grid = cfg.image_size // vq.cfg.downsample
     metrics = {"config": dataclasses.asdict(cfg), "grid": [grid, grid], "train_images": len(train_x),

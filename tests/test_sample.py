@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from par.cli import main
-from par.errors import UserError
 
 
 @pytest.fixture(scope="module")

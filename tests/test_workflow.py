@@ -1,7 +1,6 @@
 """Workflow: config validation, tables filled from result files, and (slow) the tiny DAG end to end."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
