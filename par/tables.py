@@ -92,6 +92,9 @@ def build_table(name: str, rows_spec: dict, preset: dict, results: Path, with_pa
     always = {"steps", "seconds_per_image", "fid", "isc", "precision", "recall"}  # shown even when unavailable
     keep = ["model"] + [c for c, _, _ in COLUMNS if c in df or c in always] + [c for c in df if c.startswith("paper ")]
     df = df.reindex(columns=keep)
+    for col, (_, header, _) in ((c, x) for x in COLUMNS for c in [x[0]] if x[0] in always):
+        if df[col].isna().all() and not any(n.split(" — ")[-1].startswith(col) for n in notes):
+            notes.append(f"{header.split()[0]}: not computed for this preset (not in `evaluate.metrics`)")
     if name == "table2":
         keep = [c for c in keep if c != "params"]
     return df[keep].astype(object).where(df[keep].notna(), None), sorted(set(notes))
