@@ -197,7 +197,8 @@ def run(job: SampleJob, shard: int, num_shards: int, do_finalize: bool) -> None:
 
     for k in tqdm(todo, desc=f"sample {out.name}", disable=not todo):
         run_shard(job, k, model, vq, device)
-    if do_finalize or all(shard_path(out, k).exists() for k in range(job.num_shards)) and num_shards == 1:
+    # A single process that made every shard packs them itself; parallel tasks leave it to one --finalize call.
+    if do_finalize or (num_shards == 1 and all(shard_path(out, k).exists() for k in range(job.num_shards))):
         finalize(job, model, vq, device)
 
 
