@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from par.errors import UserError
-from par.io import atomic_path, write_json
+from par.io import atomic_path, sha256_file, write_json
 
 FORMAT = "par-token-shards"
 VERSION = 1
@@ -215,14 +215,6 @@ def _check_shard(meta: dict, expect: dict, grid_len: int) -> str | None:
     return None
 
 
-def _file_digest(path, chunk=1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _list_digest(root: Path, samples) -> str:
     h = hashlib.sha256()
     for p, label in samples:
@@ -304,7 +296,7 @@ def tokenize(images, vq, out, *, image_size: int = 384, crop_range: float = 1.1,
         for stale in out.glob(f".{shard_name(k)}.*.tmp"):
             stale.unlink(missing_ok=True)
 
-    vq_sha = _file_digest(vq)
+    vq_sha = sha256_file(vq)
     model = None
     expect_common = {"format": FORMAT, "version": VERSION, "image_size": image_size, "crop_range": crop_range,
                      "shard_size": shard_size, "num_files": len(samples), "num_shards": total,

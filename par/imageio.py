@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from par.errors import UserError
+from par.io import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 NPZ_KEY = "arr_0"
@@ -154,13 +155,6 @@ def write_adm_npz(images: np.ndarray | Sequence[np.ndarray], path: str | os.Path
                         raise ValueError(f"write_adm_npz: image {i} is {img.dtype} {img.shape}, "
                                          f"expected uint8 {first.shape}")
                     f.write(np.ascontiguousarray(img).tobytes())
-
-    atomic_write(path, write)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path`` (par.io)."""
-    from par.io import atomic_path
 
     with atomic_path(path) as tmp:
         write(tmp)

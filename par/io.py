@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -45,3 +46,31 @@ def torch_save(obj, path: str | Path) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def torch_load(path: str | Path):
+    """`torch.load(weights_only=True)` on the CPU. Reference trainers pickle an argparse `args` entry next to
+    the weights; that one class is allow-listed, never `weights_only=False`. Errors: one line naming the file."""
+    import argparse
+
+    import torch
+
+    from par.errors import UserError
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: checkpoint file not found") from None
+    except Exception as e:  # noqa: BLE001 — surface one clear line
+        msg = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        raise UserError(f"{path}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
+                        f"{(msg[0] if msg else '')[:200]}); re-save it as a plain state dict") from None

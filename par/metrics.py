@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from par.errors import UserError
-from par.imageio import atomic_write
+from par.io import atomic_path, sha256_file
 
 FEATURE_EXTRACTOR_NAME = "inception-v3-compat-fidhelper"
 FIDHELPER_FILE = "default_1.pt"
@@ -75,14 +75,6 @@ def cache_dir() -> Path:
     if os.environ.get("PAR_CACHE_DIR"):
         return Path(os.environ["PAR_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "par"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:
@@ -223,7 +215,8 @@ def _convert_fidhelper(src: Path, dst: Path) -> None:
         if not err <= CONVERSION_TOLERANCE:
             raise RuntimeError(f"converted {src} deviates from the TorchScript by {err:.3g} > {CONVERSION_TOLERANCE}")
 
-    atomic_write(dst, write_verified)
+    with atomic_path(dst) as tmp:
+        write_verified(tmp)
 
 
 def fidhelper_weights() -> tuple[Path, str]:

@@ -16,7 +16,6 @@ LlamaGen `c2i_*.pt` checkpoints load with `strict=True` (`load_checkpoint`).
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from par import io
 from par.errors import UserError
 from par.order import CLS, SPE, TOKEN, Order
 
@@ -407,19 +407,6 @@ class Transformer(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def _torch_load(path: Path):
-    """`torch.load(weights_only=True)`; reference trainers pickle an argparse `args` entry, which is
-    allow-listed explicitly instead of falling back to unsafe unpickling."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{path}: checkpoint file not found")
-    except Exception as e:  # noqa: BLE001 — surface one clear line
-        raise UserError(f"{path}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}); re-save it as a plain state dict") from e
-
-
 def extract_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("model", "module", "state_dict"):
@@ -447,7 +434,7 @@ def load_checkpoint(path: str | Path, config: ModelConfig | None = None, dtype=t
     """Load one of our checkpoints (which carry their config) or a released PAR/LlamaGen file
     (pass `config`, e.g. `model_config("GPT-XL", n=4)`)."""
     path = Path(path)
-    obj = _torch_load(path)
+    obj = io.torch_load(path)
     if config is None:
         if not (isinstance(obj, dict) and isinstance(obj.get("config"), dict)):
             raise UserError(f"{path}: checkpoint carries no 'config'; pass the model config (size, n, order) explicitly")

@@ -210,7 +210,7 @@ def _env_shard() -> tuple[int, int]:
 
 
 def cmd_sample(args) -> int:
-    from par.train import config_from_args
+    from par.cli import config_from_args
 
     job = config_from_args(args, SampleJob)
     if not Path(job.model).exists():
@@ -225,7 +225,7 @@ def cmd_sample(args) -> int:
 
 
 def register(sub):
-    from par.train import add_config_arguments
+    from par.cli import add_config_arguments
 
     p = sub.add_parser("sample", help="sharded class-conditional sampling → ADM npz, grid, sampling.json")
     add_config_arguments(p, SampleJob)

@@ -13,12 +13,10 @@ pretrained weights cannot be had offline, so this trains a plain VQ-VAE.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import pathlib
-import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from par.errors import UserError
-from par.io import torch_save
+from par.io import torch_load, torch_save
 
 CODEBOOK_LOG_LEN = 65536  # length of the reference's `codebook_used` usage log (a state-dict buffer)
 
@@ -343,34 +341,12 @@ class VQModel(nn.Module):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _reason(e: Exception) -> str:
-    """First informative line of a torch.load error (skipping torch's weights_only boilerplate)."""
-    msg = str(e).split("WeightsUnpickler error:", 1)[-1]
-    line = next((ln.strip() for ln in msg.splitlines() if ln.strip()), type(e).__name__)
-    return line.split(". ")[0]
-
-
-def _read_checkpoint(path: pathlib.Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass  # LlamaGen training checkpoints pickle their argparse `args`; allow exactly that class
-    except (OSError, RuntimeError, EOFError) as e:
-        raise UserError(f"{path}: cannot read VQ checkpoint ({_reason(e)}); pass a torch-saved state dict") from None
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 — any failure here means the file is not a plain-tensor checkpoint
-        raise UserError(f"{path}: cannot be loaded with weights_only=True ({_reason(e)}); "
-                        "re-save it as {'model': state_dict} with tensors only") from None
-
-
 def load_vq(path, config: VQConfig | None = None) -> VQModel:
     """Load a VQ checkpoint ({"model"|"state_dict"|"module": sd} or a bare sd) strictly, in eval mode.
 
     The config comes from `config`, else the file's stored "config" (written by `save_vq`), else VQ-16."""
     path = pathlib.Path(path)
-    ckpt = _read_checkpoint(path)
+    ckpt = torch_load(path)
     if not isinstance(ckpt, dict):
         raise UserError(f"{path}: expected a dict (state dict or {{'model': state_dict}}), "
                         f"got {type(ckpt).__name__}; re-save the checkpoint")

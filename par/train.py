@@ -24,8 +24,9 @@ import torch
 import torch.distributed as dist
 
 from par import io
+from par.cli import add_config_arguments, config_from_args
 from par.errors import UserError
-from par.model import ModelConfig, Transformer, _torch_load, model_config
+from par.model import ModelConfig, Transformer, model_config
 
 # Peak dense bf16 tensor-core FLOP/s, for MFU.
 PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
@@ -239,7 +240,7 @@ def train(cfg: TrainConfig) -> Path:
     step = 0
     ckpt_path = out / "ckpt.pt"
     if ckpt_path.exists():
-        ck = _torch_load(ckpt_path)
+        ck = io.torch_load(ckpt_path)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
@@ -323,39 +324,6 @@ def train(cfg: TrainConfig) -> Path:
 # -- CLI -------------------------------------------------------------------------------------------
 
 
-def add_config_arguments(p, cls=TrainConfig):
-    """One --flag per dataclass field (booleans take true/false)."""
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None, metavar="BOOL")
-        else:
-            typ = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            p.add_argument(flag, type=typ, default=None)
-
-
-def config_from_args(args, cls=TrainConfig):
-    d = {}
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.exists():
-            raise UserError(f"--config {path}: file not found")
-        d = json.loads(path.read_text()) if path.suffix == ".json" else __import__("yaml").safe_load(path.read_text())
-    for f in dataclasses.fields(cls):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            d[f.name] = v
-    names = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(d) - names)
-    if bad:
-        raise UserError(f"{getattr(args, 'config', None) or 'command line'}: unknown field(s) {bad}; valid: {sorted(names)}")
-    cfg = cls(**d)
-    for req in cls.REQUIRED:
-        if not getattr(cfg, req):
-            raise UserError(f"--{req} is required (or set '{req}' in --config)")
-    return cfg
-
-
 def slurm_available() -> bool:
     """A Slurm controller answers (not merely: the client tools are installed)."""
     import shutil
@@ -370,7 +338,7 @@ def slurm_available() -> bool:
 
 
 def cmd_train(args) -> int:
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, TrainConfig)
     if args.launcher == "auto":
         args.launcher = "slurm" if slurm_available() else "inprocess"
     if args.launcher == "inprocess":
@@ -385,7 +353,7 @@ def cmd_train(args) -> int:
 def register(sub):
     p = sub.add_parser("train", help="train a PAR / LlamaGen model (in-process, local DDP or Slurm via submitit)")
     p.add_argument("--config", help="JSON/YAML file with training fields (flags override it)")
-    add_config_arguments(p)
+    add_config_arguments(p, TrainConfig)
     p.add_argument("--launcher", choices=["auto", "inprocess", "local", "slurm"], default="inprocess",
                    help="inprocess: this process (torchrun-compatible); local/slurm: submitit executors; "
                         "auto: slurm if a Slurm controller answers, else inprocess")

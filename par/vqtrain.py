@@ -167,7 +167,7 @@ def train_vq(cfg: VQTrainConfig) -> dict:
 
 
 def cmd_train_vq(args) -> int:
-    from par.train import config_from_args
+    from par.cli import config_from_args
 
     m = train_vq(config_from_args(args, VQTrainConfig))
     b, a = m["before"], m["after"]
@@ -178,7 +178,7 @@ def cmd_train_vq(args) -> int:
 
 
 def register(sub):
-    from par.train import add_config_arguments
+    from par.cli import add_config_arguments
 
     p = sub.add_parser("train-vq", help="train a small VQ tokenizer (tiny preset)")
     add_config_arguments(p, VQTrainConfig)
