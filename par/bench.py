@@ -54,7 +54,7 @@ def _machine(device) -> dict:
     return info
 
 
-def _time_generation(model, batch, preset, device, step_fn, repeats) -> list[float]:
+def _time_generation(model, batch, preset, device, step_fn) -> float:
     import torch
 
     from par.generate import SamplingConfig, generate
@@ -62,23 +62,43 @@ def _time_generation(model, batch, preset, device, step_fn, repeats) -> list[flo
     sc = SamplingConfig(cfg_scale=preset.cfg_scale)
     gen = torch.Generator(device=device).manual_seed(0)
     labels = torch.randint(0, preset.num_classes, (batch,), device=device, generator=gen)
-    times = []
-    for i in range(repeats + 1):  # first run is warm-up (allocations, compilation)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        generate(model, labels, sc, generator=gen, step_fn=step_fn)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:
-            times.append(time.perf_counter() - t0)
-    return times
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    generate(model, labels, sc, generator=gen, step_fn=step_fn)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
-def run_sample_bench(preset_name: str, batch_sizes=None, repeats=None, compile_=False, device=None) -> dict:
+def _build_variants(preset, device, dtype, compile_):
+    """One model per schedule, all with the same backbone weights (only the n−1 spe rows differ)."""
     import torch
 
     from par.model import Transformer, model_config
+
+    torch.manual_seed(0)
+    models, base_state = [], None
+    for label, kind, n in VARIANTS:
+        cfg = model_config(preset.size, grid=preset.grid, order=kind, n=n,
+                           vocab_size=preset.vocab_size, num_classes=preset.num_classes)
+        with torch.device(device):
+            model = Transformer(cfg)
+        torch.nn.init.normal_(model.output.weight, std=0.02)  # a zero head would make sampling degenerate
+        if base_state is None:
+            base_state = {k: v for k, v in model.state_dict().items() if "spe_tok" not in k}
+        model.load_state_dict(base_state, strict=False)
+        model = model.to(dtype).eval()
+        step_fn = torch.compile(model.decode_step, mode="reduce-overhead", dynamic=False) if compile_ else None
+        models.append((label, kind, n, model, step_fn))
+    return models
+
+
+def run_sample_bench(preset_name: str, batch_sizes=None, repeats=None, compile_=False, device=None) -> dict:
+    """Time every variant × batch size. Repeats are interleaved round-robin across variants (after one
+    warm-up each), so slow drifts of a shared machine hit every schedule alike instead of biasing the
+    ratio between them; the median per setting is reported."""
+    import torch
 
     preset = PRESETS[preset_name]
     device = torch.device(device or preset.device)
@@ -87,28 +107,20 @@ def run_sample_bench(preset_name: str, batch_sizes=None, repeats=None, compile_=
     dtype = getattr(torch, preset.dtype)
     batch_sizes = batch_sizes or preset.batch_sizes
     repeats = repeats or preset.repeats
-    torch.manual_seed(0)
-    rows, base_state = [], None
-    for label, kind, n in VARIANTS:
-        cfg = model_config(preset.size, grid=preset.grid, order=kind, n=n,
-                           vocab_size=preset.vocab_size, num_classes=preset.num_classes)
-        with torch.device(device):
-            model = Transformer(cfg)
-        # identical backbone for every variant: copy the first model's weights (spe table stays its own)
-        torch.nn.init.normal_(model.output.weight, std=0.02)  # a zero head would make sampling degenerate
-        if base_state is None:
-            base_state = {k: v for k, v in model.state_dict().items() if "spe_tok" not in k}
-        model.load_state_dict(base_state, strict=False)
-        model = model.to(dtype).eval()
-        step_fn = torch.compile(model.decode_step, mode="reduce-overhead", dynamic=False) if compile_ else None
-        for batch in batch_sizes:
-            times = _time_generation(model, batch, preset, device, step_fn, repeats)
-            med = statistics.median(times)
-            rows.append({"variant": label, "order": kind, "n": n, "batch": batch,
-                         "forward_calls": model.order.num_calls, "seconds_per_batch": med,
-                         "seconds_per_image": med / batch, "images_per_second": batch / med,
-                         "runs": times})
-        del model
+    models = _build_variants(preset, device, dtype, compile_)
+    settings = [(m, b) for m in models for b in batch_sizes]
+    times = {i: [] for i in range(len(settings))}
+    for r in range(repeats + 1):  # round 0 is warm-up (allocations, compilation)
+        for i, ((_, _, _, model, step_fn), batch) in enumerate(settings):
+            t = _time_generation(model, batch, preset, device, step_fn)
+            if r:
+                times[i].append(t)
+    rows = []
+    for i, ((label, kind, n, model, _), batch) in enumerate(settings):
+        med = statistics.median(times[i])
+        rows.append({"variant": label, "order": kind, "n": n, "batch": batch,
+                     "forward_calls": model.order.num_calls, "seconds_per_batch": med,
+                     "seconds_per_image": med / batch, "images_per_second": batch / med, "runs": times[i]})
     for r in rows:
         base = next(b for b in rows if b["n"] == 1 and b["batch"] == r["batch"])
         r["step_ratio"] = base["forward_calls"] / r["forward_calls"]

@@ -250,7 +250,9 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, freqs, mask, pos=None):
+    def forward(self, x, freqs, mask, pos=None, num_keys=None):
+        """`pos`: sequence positions written to the KV cache (decoding); attention then covers the first
+        `num_keys` cached keys under `mask` (None: every query sees all of them)."""
         B, T, _ = x.shape
         q, k, v = self.wqkv(x).split(self.dim, dim=-1)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim) for t in (q, k, v))
@@ -258,7 +260,7 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(pos, k, v)
-            k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]  # the mask's width = keys attended
+            k, v = k[:, :, :num_keys], v[:, :, :num_keys]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout_p if self.training else 0.0
         )
@@ -286,8 +288,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, freqs, mask, pos=None):
-        h = x + self.drop_path(self.attention(self.attention_norm(x), freqs, mask, pos))
+    def forward(self, x, freqs, mask, pos=None, num_keys=None):
+        h = x + self.drop_path(self.attention(self.attention_norm(x), freqs, mask, pos, num_keys))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
@@ -343,10 +345,10 @@ class Transformer(nn.Module):
     def _mask(self, pos: torch.Tensor, num_keys: int) -> torch.Tensor:
         return torch.arange(num_keys, device=pos.device)[None, :] < self.block_end[pos][:, None]
 
-    def _trunk(self, x, pos, mask):
+    def _trunk(self, x, pos, mask, num_keys=None):
         freqs = self.freqs_cis[pos]
         for layer in self.layers:
-            x = layer(x, freqs, mask, pos)
+            x = layer(x, freqs, mask, pos, num_keys)
         return self.norm(x)
 
     # -- training / teacher forcing --------------------------------------------------------------
@@ -393,8 +395,16 @@ class Transformer(nn.Module):
 
         On CUDA every call attends over the whole static cache (fixed shapes: CUDA-graph / compile friendly);
         on the CPU only over the keys visible to this call (fewer FLOPs, shapes vary per call)."""
-        num_keys = self.cache_len if pos.is_cuda else int(self.block_end[pos[-1]])
-        h = self._trunk(self.embed(tokens, labels, pos), pos, self._mask(pos, num_keys))
+        if pos.is_cuda:
+            num_keys = self.cache_len
+            mask = self._mask(pos, num_keys)
+        else:
+            ends = self.block_end.numpy()[pos.numpy()]  # host-side view of the buffer: no tensor ops
+            num_keys = int(ends.max())
+            # every query of a PAR / raster call sees exactly the keys up to its group's end: no mask needed,
+            # which lets SDPA take its unmasked kernel (only the causal-in-group ablation keeps a mask)
+            mask = None if ends.min() == num_keys else self._mask(pos, num_keys)
+        h = self._trunk(self.embed(tokens, labels, pos), pos, mask, num_keys)
         return self.output(h).float()
 
     @property

@@ -10,7 +10,7 @@ import torch
 
 from par.cli import main
 from par.errors import UserError
-from par.generate import SamplingConfig, filter_logits, generate
+from par.generate import SamplingConfig, draw_categorical, filter_logits, generate
 from par.model import ModelConfig, Transformer, load_checkpoint, model_config
 from par.order import Layout, Order, num_forward_calls
 
@@ -184,6 +184,21 @@ def test_filter_logits_top_k_top_p():
     assert torch.isinf(filter_logits(logits, top_p=0.9)).tolist() == [[False, False, False, True]]
     shuffled = logits[:, [2, 0, 3, 1]]
     assert torch.isinf(filter_logits(shuffled, top_p=0.7)).tolist() == [[True, False, True, False]]
+
+
+def test_draw_categorical_follows_probabilities_and_never_draws_zero_mass():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0], [0.0, 0.25, 0.0, 0.75, 0.0]])
+    draws = draw_categorical(probs[:, None].expand(3, 40000, 5), torch.Generator().manual_seed(0))
+    assert draws.shape == (3, 40000) and draws.dtype == torch.long
+    freq = torch.nn.functional.one_hot(draws, 5).float().mean(1)
+    torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)  # 4 sigma ≈ 0.01 at 40k draws
+    assert not (probs.gather(1, draws) == 0).any()
+
+
+def test_draw_categorical_target_stays_below_the_total(monkeypatch):
+    """u → 1 must still land on the last token with positive mass, not on a filtered tail."""
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, 1.0, dtype=kw["dtype"]))
+    assert draw_categorical(torch.tensor([[0.2, 0.8, 0.0, 0.0]]), None).tolist() == [1]
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
