@@ -128,7 +128,33 @@ def run_sample_bench(preset_name: str, batch_sizes=None, repeats=None, compile_=
         r["speedup_over_step_ratio"] = r["speedup"] / r["step_ratio"]
     return {"bench": "sample", "preset": preset_name, "config": {**preset.__dict__, "grid": list(preset.grid),
             "compile": compile_, "repeats": repeats, "batch_sizes": list(batch_sizes)},
-            "machine": _machine(device), "rows": rows}
+            "machine": _machine(device), "rows": rows, "cost_model": cost_model(rows)}
+
+
+def cost_model(rows: list[dict], target: float = 0.9) -> dict:
+    """Split generation time into a fixed cost per forward call F and the compute of the image C.
+
+    Every schedule feeds the same tokens through the same layers and attends over the same (query, key)
+    pairs, so their FLOPs are equal (up to the n−1 transition tokens); what differs is the number of
+    calls. T = calls·F + C is fitted on raster n=1 and PAR n=16 and checked on the other schedules.
+    speedup ÷ step ratio = (N₁F + C)·N_k / ((N_kF + C)·N₁), which reaches `target` only while
+    C/F ≤ N₁N_k(1 − target) / (target·N₁ − N_k): whether it does is a property of the hardware's balance
+    of per-call latency against arithmetic, not of the schedule.
+    """
+    out = {}
+    for batch in sorted({r["batch"] for r in rows}):
+        at = {r["variant"]: r for r in rows if r["batch"] == batch}
+        base, fast = at.get("raster n=1"), at.get("PAR n=16")
+        if base is None or fast is None:
+            continue
+        n1, nk = base["forward_calls"], fast["forward_calls"]
+        F = (base["seconds_per_batch"] - fast["seconds_per_batch"]) / (n1 - nk)
+        C = base["seconds_per_batch"] - n1 * F
+        predicted = {v: (n1 * F + C) * r["forward_calls"] / ((r["forward_calls"] * F + C) * n1) for v, r in at.items()}
+        out[str(batch)] = {"seconds_per_call": F, "compute_seconds": C, "compute_over_call": C / F if F > 0 else None,
+                           f"max_compute_over_call_for_{target}_at_n16": n1 * nk * (1 - target) / (target * n1 - nk),
+                           "predicted_speedup_over_step_ratio": predicted}
+    return out
 
 
 def to_markdown(result: dict) -> str:
@@ -147,6 +173,20 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| {r['variant']} | {r['batch']} | {r['forward_calls']} | {r['seconds_per_image']:.4f} | "
                      f"{r['images_per_second']:.2f} | {r['speedup']:.2f}× | {r['step_ratio']:.2f}× | "
                      f"{r['speedup_over_step_ratio']:.2f} |")
+    cm = result.get("cost_model") or {}
+    if cm:
+        lines += ["", "Cost model T = calls·F + C, fitted on raster n=1 and PAR n=16 (equal FLOPs, different call counts; "
+                  "see `par.bench.cost_model`):", "",
+                  "| batch | F: s / call | C: compute s / batch | C / F | C / F allowed for ≥ 0.9 at n=16 | "
+                  "predicted ÷ ratio, PAR n=4 (measured) |", "|---:|---:|---:|---:|---:|---:|"]
+        for batch, m in cm.items():
+            meas = next((r["speedup_over_step_ratio"] for r in result["rows"]
+                         if r["batch"] == int(batch) and r["variant"] == "PAR n=4"), float("nan"))
+            pred = m["predicted_speedup_over_step_ratio"].get("PAR n=4", float("nan"))
+            limit = next(v for k, v in m.items() if k.startswith("max_compute_over_call"))
+            ratio = "—" if m["compute_over_call"] is None else f"{m['compute_over_call']:.1f}"
+            lines.append(f"| {batch} | {m['seconds_per_call'] * 1e3:.3f} ms | {m['compute_seconds'] * 1e3:.1f} ms | "
+                         f"{ratio} | {limit:.1f} | {pred:.2f} ({meas:.2f}) |")
     return "\n".join(lines) + "\n"
 
 
