@@ -75,6 +75,7 @@ def _build_variants(preset, device, dtype, compile_):
     """One model per schedule, all with the same backbone weights (only the n−1 spe rows differ)."""
     import torch
 
+    from par.generate import compile_decode_step
     from par.model import Transformer, model_config
 
     torch.manual_seed(0)
@@ -89,7 +90,7 @@ def _build_variants(preset, device, dtype, compile_):
             base_state = {k: v for k, v in model.state_dict().items() if "spe_tok" not in k}
         model.load_state_dict(base_state, strict=False)
         model = model.to(dtype).eval()
-        step_fn = torch.compile(model.decode_step, mode="reduce-overhead", dynamic=False) if compile_ else None
+        step_fn = compile_decode_step(model) if compile_ else None
         models.append((label, kind, n, model, step_fn))
     return models
 

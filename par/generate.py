@@ -67,6 +67,13 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> 
     return torch.searchsorted(cdf, target, right=True).squeeze(-1)
 
 
+def compile_decode_step(model: Transformer):
+    """`model.decode_step` compiled for the static KV cache: one graph per call width (1, n), no graph
+    breaks, CUDA graphs on GPU. Pass it as `step_fn`."""
+    mode = "reduce-overhead" if next(model.parameters()).is_cuda else "default"
+    return torch.compile(model.decode_step, mode=mode, dynamic=False, fullgraph=True)
+
+
 @torch.no_grad()
 def generate(
     model: Transformer,
@@ -75,12 +82,14 @@ def generate(
     generator: torch.Generator | None = None,
     return_logits: bool = False,
     step_fn=None,
+    static_cache: bool | None = None,
 ):
     """Sample images' token grids for class `labels` (B,). Returns tokens (B, N) in **raster** order
     (ready for the VQ decoder); with `return_logits`, also a dict of per-position logits (generation
     order): `guided`, `cond` and (with CFG) `uncond`, each (B, N, V).
 
     `step_fn` replaces `model.decode_step` (e.g. a torch.compile'd version with the same signature).
+    `static_cache` (see `Transformer.setup_caches`) defaults to fixed shapes on CUDA or with a `step_fn`.
     """
     was_training = model.training
     model.eval()
@@ -91,7 +100,9 @@ def generate(
     rows = cond_labels.shape[0]
     N = model.num_tokens
     tokens = torch.zeros(rows, N, dtype=torch.long, device=device)  # generation order, both CFG halves
-    model.setup_caches(rows)
+    if static_cache is None:
+        static_cache = device.type == "cuda" or step_fn is not None
+    model.setup_caches(rows, static=static_cache)
     step = step_fn or model.decode_step
     kept = {"guided": [], "cond": [], "uncond": []} if return_logits else None
     try:

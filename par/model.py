@@ -317,7 +317,7 @@ class Transformer(nn.Module):
         self.register_buffer("src_index", torch.as_tensor(index), persistent=False)
         self.register_buffer("block_end", torch.as_tensor(layout.block_end), persistent=False)
         self.register_buffer("freqs_cis", rope_sequence_table(self.order, cfg.head_dim, cfg.rope_base), persistent=False)
-        self.cache_len = 0
+        self.cache_len, self.static_kv = 0, False
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -375,9 +375,14 @@ class Transformer(nn.Module):
 
     # -- cached decoding -------------------------------------------------------------------------
 
-    def setup_caches(self, batch: int, dtype: torch.dtype | None = None):
-        """Allocate static KV caches long enough for every generation position (rounded up to 8)."""
+    def setup_caches(self, batch: int, dtype: torch.dtype | None = None, static: bool | None = None):
+        """Allocate KV caches long enough for every generation position (rounded up to 8).
+
+        static: every decode call attends over the whole cache under the group mask, so all shapes are fixed
+        (what CUDA graphs / torch.compile need); otherwise a call attends only over the keys visible to it
+        (fewer FLOPs, shapes vary per call). Default: static on CUDA."""
         p = next(self.parameters())
+        self.static_kv = p.device.type == "cuda" if static is None else static
         self.cache_len = find_multiple(self.num_tokens, 8)
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(
@@ -391,11 +396,8 @@ class Transformer(nn.Module):
 
     def decode_step(self, tokens: torch.Tensor, labels: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """One forward call of generation over sequence positions `pos` (writes their keys/values);
-        returns float32 logits (B, len(pos), V).
-
-        On CUDA every call attends over the whole static cache (fixed shapes: CUDA-graph / compile friendly);
-        on the CPU only over the keys visible to this call (fewer FLOPs, shapes vary per call)."""
-        if pos.is_cuda:
+        returns float32 logits (B, len(pos), V). See `setup_caches` for static vs visible-keys attention."""
+        if self.static_kv:
             num_keys = self.cache_len
             mask = self._mask(pos, num_keys)
         else:

@@ -46,6 +46,7 @@ class SampleJob:
     size: str = ""  # for released checkpoints without a stored config, e.g. GPT-3B
     order: str = "par"
     n: int = 4
+    compile: bool = False  # torch.compile the decode step over a static KV cache (CUDA graphs on GPU)
 
     @property
     def num_shards(self) -> int:
@@ -69,6 +70,10 @@ def _setup(job: SampleJob):
     config = model_config(job.size, order=job.order, n=job.n) if job.size else None
     model = load_checkpoint(job.model, config, dtype=dtype).to(device)
     vq = load_vq(job.vq).to(device)
+    if job.compile:
+        from par.generate import compile_decode_step
+
+        model.decode_step = compile_decode_step(model)  # generate() then uses the static cache
     return model, vq, device
 
 
@@ -89,7 +94,7 @@ def _generate_batch(model, vq, labels, job: SampleJob, gen):
     from par.generate import SamplingConfig, generate
 
     sc = SamplingConfig(job.cfg_scale, job.temperature, job.top_k, job.top_p)
-    tokens = generate(model, labels, sc, gen)
+    tokens = generate(model, labels, sc, gen, static_cache=job.compile or None)
     return tokens, decode_to_uint8(vq, tokens, model.order.grid, job.image_size)
 
 

@@ -57,6 +57,16 @@ def test_finalize_refuses_holes_and_changed_settings(tiny_models, tmp_path):
     assert main(_args(tiny_models, out, "--cfg-scale", "3.0")) == 2  # other settings, same folder
 
 
+@pytest.mark.slow
+def test_compiled_sampling_matches_eager(tiny_models, tmp_path):
+    """--compile true (static KV cache, compiled decode step) gives the same samples as the eager sampler."""
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    assert main(_args(tiny_models, eager, "--temperature", "0")) == 0
+    assert main(_args(tiny_models, compiled, "--temperature", "0", "--compile", "true")) == 0
+    assert json.loads((compiled / "job.json").read_text())["compile"] is True
+    np.testing.assert_array_equal(np.load(eager / "samples.npz")["arr_0"], np.load(compiled / "samples.npz")["arr_0"])
+
+
 def test_decode_matches_reference_quantisation(tiny_models):
     from par.sample import decode_to_uint8
     from par.tokenizer import load_vq
