@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -183,17 +184,35 @@ def finalize(job: SampleJob, model=None, vq=None, device=None) -> Path:
     return out / "samples.npz"
 
 
-def run(job: SampleJob, shard: int, num_shards: int, do_finalize: bool) -> None:
-    out = Path(job.out)
+def _check_folder(job: SampleJob, out: Path) -> None:
+    """A folder holds the samples of one setting of one model. Other settings: refuse (the user's call).
+    Same settings but another checkpoint or tokenizer (a retrained model, a workflow rerun): the shards are
+    stale derived data, so they are discarded and resampled instead of being silently reused."""
     settings = out / "job.json"
+    inputs = {"model_sha256": io.sha256_file(job.model), "vq_sha256": io.sha256_file(job.vq)}
+    prev_inputs = None
     if settings.exists():
         prev = json.loads(settings.read_text())
-        if prev != asdict(job):
-            changed = sorted(k for k in prev if prev[k] != asdict(job).get(k))
+        prev_inputs = prev.pop("inputs", None)
+        prev = {**asdict(SampleJob()), **prev}  # fields added since the folder was written take their defaults
+        cur = asdict(job)
+        changed = sorted(k for k in cur if prev.get(k) != cur[k])
+        if changed:
             raise UserError(f"{settings}: this folder holds samples made with other settings ({changed}); use a new "
                             "--out or delete the folder")
-    else:
-        io.write_json(settings, asdict(job))
+        if prev_inputs != inputs:
+            stale = sorted((out / "shards").glob("*.npz"))
+            print(f"par sample: {out}: the model or tokenizer changed since these samples were made; "
+                  f"discarding {len(stale)} stale shard(s)", file=sys.stderr)
+            for p in stale + [out / f for f in ("samples.npz", "labels.npy", "grid.png", "sampling.json")]:
+                p.unlink(missing_ok=True)
+    if prev_inputs != inputs:
+        io.write_json(settings, {**asdict(job), "inputs": inputs})
+
+
+def run(job: SampleJob, shard: int, num_shards: int, do_finalize: bool) -> None:
+    out = Path(job.out)
+    _check_folder(job, out)
     todo = [k for k in range(shard, job.num_shards, num_shards) if not shard_path(out, k).exists()]
     model = vq = device = None
     if todo or do_finalize:

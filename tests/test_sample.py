@@ -57,6 +57,40 @@ def test_finalize_refuses_holes_and_changed_settings(tiny_models, tmp_path):
     assert main(_args(tiny_models, out, "--cfg-scale", "3.0")) == 2  # other settings, same folder
 
 
+def test_changed_checkpoint_discards_stale_shards(tiny_models, tmp_path, capsys):
+    """A retrained model (same settings, same folder, e.g. a forced workflow rerun) must not reuse old shards."""
+    import shutil
+
+    from par import io
+    from par.model import Transformer, model_config
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    out = tmp_path / "s"
+    assert main(_args(models, out, "--shard", "0", "--num-shards", "3")) == 0
+    old = np.load(out / "shards" / "samples-00000.npz")["tokens"]
+    torch.manual_seed(1)
+    gpt = Transformer(model_config("tiny-S", grid=(4, 4), order="par", n=4, vocab_size=64, num_classes=5))
+    torch.nn.init.normal_(gpt.output.weight, std=0.5)
+    io.torch_save({"model": gpt.state_dict(), "config": gpt.config.to_dict()}, models / "gpt.pt")
+    assert main(_args(models, out)) == 0
+    assert "discarding 1 stale shard" in capsys.readouterr().err
+    fresh = tmp_path / "fresh"
+    assert main(_args(models, fresh)) == 0
+    np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], np.load(fresh / "samples.npz")["arr_0"])
+    assert not np.array_equal(np.load(out / "shards" / "samples-00000.npz")["tokens"], old)
+
+
+def test_folder_from_an_older_version_without_new_fields_is_accepted(tiny_models, tmp_path):
+    out = tmp_path / "s"
+    assert main(_args(tiny_models, out, "--shard", "0", "--num-shards", "3")) == 0
+    rec = json.loads((out / "job.json").read_text())
+    del rec["compile"]  # a field added later, at its default
+    (out / "job.json").write_text(json.dumps(rec))
+    assert main(_args(tiny_models, out, "--shard", "1", "--num-shards", "3")) == 0
+    assert len(list((out / "shards").iterdir())) == 2  # shard 0 kept: same inputs, same settings
+
+
 @pytest.mark.slow
 def test_compiled_sampling_matches_eager(tiny_models, tmp_path):
     """--compile true (static KV cache, compiled decode step) gives the same samples as the eager sampler."""
