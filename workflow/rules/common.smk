@@ -14,7 +14,7 @@ TRAIN_KEYS = {"size", "order", "n", "initial_sequential", "group_attention", "re
               "epochs", "max_steps", "schedule", "warmup_epochs", "dropout", "class_dropout", "ckpt_every",
               "log_every", "seed"}
 SAMPLE_KEYS = {"num_samples", "shard_size", "batch_size", "cfg_scale", "temperature", "top_k", "top_p", "seed",
-               "image_size"}
+               "image_size", "compile"}
 
 
 def flags(d):
