@@ -11,7 +11,7 @@ call. For PAR with n tokens per step that is
 1 + (n−1) + (N−n)/n calls in all (147 for n=4, 51 for n=16 at 24×24). The raster baseline is the
 same loop with one position per call. With classifier-free guidance the batch is doubled
 ([labels; null class], identical image tokens) and the n distributions of a call are sampled
-independently from `uncond + s·(cond − uncond)`.
+independently from `uncond + s·(cond − uncond)` (or from `cond` alone past the reference's `cfg_interval`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,20 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 → greedy (argmax)
     top_k: int = 0  # 0 → off
     top_p: float = 1.0  # 1 → off
+    cfg_interval: int = -1  # ≥ 0: guidance only while the reference's call counter ≤ this (see `guided_call`)
+
+
+def guided_call(layout, c: int, cfg_interval: int) -> bool:
+    """Whether forward call c uses guidance under the reference's `cfg_interval` (spec §7; −1 = always).
+
+    The prefill is always guided. The reference counts the single-token calls after it 0, 1, 2, … and the
+    parallel calls 0, n, 2n, … (a counter that restarts at the transition call), and falls back to the
+    conditional logits once the counter exceeds the interval."""
+    if cfg_interval < 0 or c == 0:
+        return True
+    b0, n = layout.first_block, layout.n
+    counter = c - 1 if (n == 1 or c < b0) else (c - b0) * n
+    return counter <= cfg_interval
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -106,12 +120,16 @@ def generate(
     step = step_fn or model.decode_step
     kept = {"guided": [], "cond": [], "uncond": []} if return_logits else None
     try:
-        for start, end in model.order.layout.calls:
+        layout = model.order.layout
+        for c, (start, end) in enumerate(layout.calls):
             pos = torch.arange(start, end, device=device)
             logits = step(tokens, cond_labels, pos)
             if cfg:
                 cond, uncond = logits.split(B)
-                guided = uncond + sampling.cfg_scale * (cond - uncond)
+                if guided_call(layout, c, sampling.cfg_interval):
+                    guided = uncond + sampling.cfg_scale * (cond - uncond)
+                else:
+                    guided = cond
             else:
                 cond, uncond, guided = logits, None, logits
             z = sample_tokens(guided, sampling, generator)

@@ -36,6 +36,7 @@ class SampleJob:
     shard_size: int = 1000
     batch_size: int = 32
     cfg_scale: float = 1.5
+    cfg_interval: int = -1  # reference semantics (par.generate.guided_call); −1 = guidance at every call
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
@@ -93,7 +94,7 @@ def decode_to_uint8(vq, tokens_raster, grid, image_size: int) -> np.ndarray:
 def _generate_batch(model, vq, labels, job: SampleJob, gen):
     from par.generate import SamplingConfig, generate
 
-    sc = SamplingConfig(job.cfg_scale, job.temperature, job.top_k, job.top_p)
+    sc = SamplingConfig(job.cfg_scale, job.temperature, job.top_k, job.top_p, job.cfg_interval)
     tokens = generate(model, labels, sc, gen, static_cache=job.compile or None)
     return tokens, decode_to_uint8(vq, tokens, model.order.grid, job.image_size)
 

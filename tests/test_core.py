@@ -10,7 +10,8 @@ import torch
 
 from par.cli import main
 from par.errors import UserError
-from par.generate import SamplingConfig, compile_decode_step, draw_categorical, filter_logits, generate
+from par.generate import (SamplingConfig, compile_decode_step, draw_categorical, filter_logits, generate,
+                          guided_call)
 from par.model import ModelConfig, Transformer, load_checkpoint, model_config
 from par.order import Layout, Order, num_forward_calls
 
@@ -181,6 +182,29 @@ def test_compiled_decode_step_is_one_graph_and_matches_eager():
     ref, ref_logits = generate(m, labels, sc, return_logits=True, static_cache=True)
     assert torch.equal(toks, ref)
     torch.testing.assert_close(logits["guided"], ref_logits["guided"], atol=1e-4, rtol=1e-4)
+
+
+def test_cfg_interval_follows_the_reference_counters():
+    par = Order((24, 24), "par", 4).layout
+    # prefill; sequential calls counted 0, 1, 2; parallel calls counted 0, 4, 8, … from the transition call
+    assert [guided_call(par, c, 2) for c in range(7)] == [True, True, True, True, True, False, False]
+    assert [guided_call(par, c, 4) for c in range(7)] == [True] * 6 + [False]
+    raster = Order((24, 24), "raster", 1).layout  # LlamaGen: prefill, then decode calls counted 0, 1, 2, …
+    assert [guided_call(raster, c, 5) for c in range(8)] == [True] * 7 + [False]
+    assert all(guided_call(par, c, -1) for c in range(len(par.calls)))
+
+
+def test_cfg_interval_falls_back_to_conditional_logits():
+    m = _random_model(order="par", n=4)  # 8×8 grid: 4 single calls, then 15 parallel calls
+    labels = torch.tensor([1, 3])
+    sc = SamplingConfig(cfg_scale=3.0, cfg_interval=8)
+    toks, lg = generate(m, labels, sc, torch.Generator().manual_seed(0), return_logits=True)
+    guided = lg["uncond"] + 3.0 * (lg["cond"] - lg["uncond"])
+    cut = 4 + 3 * 4  # calls 0–3 and the parallel calls counted 0, 4, 8 are guided: the first 16 positions
+    torch.testing.assert_close(lg["guided"][:, :cut], guided[:, :cut])
+    torch.testing.assert_close(lg["guided"][:, cut:], lg["cond"][:, cut:])
+    always = generate(m, labels, SamplingConfig(cfg_scale=3.0, cfg_interval=10_000), torch.Generator().manual_seed(0))
+    assert torch.equal(always, generate(m, labels, SamplingConfig(cfg_scale=3.0), torch.Generator().manual_seed(0)))
 
 
 def test_decoding_detects_a_wrong_mask():
