@@ -401,7 +401,7 @@ class Transformer(nn.Module):
             num_keys = self.cache_len
             mask = self._mask(pos, num_keys)
         else:
-            ends = self.block_end.numpy()[pos.numpy()]  # host-side view of the buffer: no tensor ops
+            ends = self.block_end.cpu().numpy()[pos.cpu().numpy()]  # host-side view on the CPU: no tensor ops
             num_keys = int(ends.max())
             # every query of a PAR / raster call sees exactly the keys up to its group's end: no mask needed,
             # which lets SDPA take its unmasked kernel (only the causal-in-group ablation keeps a mask)
