@@ -442,11 +442,19 @@ def load_state_dict_strict(module: nn.Module, sd: dict, path: Path | str):
     module.load_state_dict(sd, strict=True)
 
 
-def load_checkpoint(path: str | Path, config: ModelConfig | None = None, dtype=torch.float32) -> Transformer:
+def load_checkpoint(path: str | Path, config: ModelConfig | None = None, dtype=torch.float32,
+                    weights: str = "model") -> Transformer:
     """Load one of our checkpoints (which carry their config) or a released PAR/LlamaGen file
-    (pass `config`, e.g. `model_config("GPT-XL", n=4)`)."""
+    (pass `config`, e.g. `model_config("GPT-XL", n=4)`). weights="ema" takes the EMA copy instead (written
+    by `par train --ema true` and by the reference trainer's --ema)."""
     path = Path(path)
     obj = io.torch_load(path)
+    if weights == "ema":
+        if not (isinstance(obj, dict) and isinstance(obj.get("ema"), dict)):
+            raise UserError(f"{path}: no 'ema' weights in this checkpoint (train with --ema true, or use weights=model)")
+        obj = {**obj, "model": obj["ema"]}
+    elif weights != "model":
+        raise UserError(f"weights={weights!r}: use 'model' or 'ema'")
     if config is None:
         if not (isinstance(obj, dict) and isinstance(obj.get("config"), dict)):
             raise UserError(f"{path}: checkpoint carries no 'config'; pass the model config (size, n, order) explicitly")

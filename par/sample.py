@@ -47,6 +47,7 @@ class SampleJob:
     size: str = ""  # for released checkpoints without a stored config, e.g. GPT-3B
     order: str = "par"
     n: int = 4
+    weights: str = "model"  # "model" | "ema" (the EMA copy of a run trained with --ema)
     compile: bool = False  # torch.compile the decode step over a static KV cache (CUDA graphs on GPU)
 
     @property
@@ -69,7 +70,7 @@ def _setup(job: SampleJob):
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
              "fp32": torch.float32}[job.dtype]
     config = model_config(job.size, order=job.order, n=job.n) if job.size else None
-    model = load_checkpoint(job.model, config, dtype=dtype).to(device)
+    model = load_checkpoint(job.model, config, dtype=dtype, weights=job.weights).to(device)
     vq = load_vq(job.vq).to(device)
     if job.compile:
         from par.generate import compile_decode_step

@@ -11,6 +11,7 @@ ends bit-identical to an uninterrupted run (on CPU; cuDNN/atomics may differ on 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -57,6 +58,8 @@ class TrainConfig:
     warmup_epochs: float = 15.0
     precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU) | "fp32" | "bf16"
     compile: bool = False
+    ema: bool = False  # keep an exponential moving average of the weights (reference --ema; off there too)
+    ema_decay: float = 0.9999
     ckpt_every: int = 5000
     log_every: int = 50
     seed: int = 0
@@ -114,6 +117,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device) -> torch.op
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model over parameters (the reference's update; decay 0 copies)."""
+    src = dict(model.named_parameters())
+    for name, p in ema.named_parameters():
+        p.mul_(decay).add_(src[name].detach(), alpha=1 - decay)
 
 
 def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -238,10 +249,15 @@ def train(cfg: TrainConfig) -> Path:
     model = Transformer(mcfg).to(device)
     opt = make_optimizer(model, cfg, device)
     step = 0
+    ema = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema else None  # fp32, on the device
     ckpt_path = out / "ckpt.pt"
     if ckpt_path.exists():
         ck = io.torch_load(ckpt_path)
         model.load_state_dict(ck["model"])
+        if ema is not None:
+            if "ema" not in ck:
+                raise UserError(f"{ckpt_path}: written without --ema; resume without it or start a new --out")
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
         _set_rng_state(ck["rng"][rank])
@@ -260,8 +276,8 @@ def train(cfg: TrainConfig) -> Path:
         states = _all_gather_objects(_rng_state(), world)
         if rank == 0:
             io.torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step_done,
-                           "config": {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict()}, "rng": states},
-                          ckpt_path)
+                           "config": {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict()}, "rng": states,
+                           **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt_path)
         if world > 1:
             dist.barrier()
 
@@ -288,6 +304,8 @@ def train(cfg: TrainConfig) -> Path:
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                update_ema(ema, model, cfg.ema_decay)
             step += 1
             tokens_since += z.numel() * world
             if step % cfg.log_every == 0 or step == total:
@@ -315,7 +333,8 @@ def train(cfg: TrainConfig) -> Path:
         pbar.close()
     save(step)
     if rank == 0:
-        io.torch_save({"model": model.state_dict(), "config": mcfg.to_dict(), "step": step}, final)
+        io.torch_save({"model": model.state_dict(), "config": mcfg.to_dict(), "step": step,
+                       **({"ema": ema.state_dict()} if ema is not None else {})}, final)
     if world > 1:
         dist.barrier()
     return final

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from par.train import EXIT_PREEMPTED, TokenArrays, TrainConfig, lr_at, train
+from par.errors import UserError
+from par.model import load_checkpoint
+from par.train import EXIT_PREEMPTED, TokenArrays, TrainConfig, lr_at, train, update_ema
 
 
 def make_token_dir(root: Path, num_images=64, grid=(4, 4), vocab=16, classes=4, crops=10, seed=0) -> Path:
@@ -115,9 +117,19 @@ def test_sigkill_resume_is_bit_identical(tmp_path):
     assert steps == list(range(1, 41))  # no duplicated or missing log lines after resumes
 
 
-def test_sigusr2_checkpoints_at_step_boundary_then_resumes(tmp_path):
+def test_update_ema_is_the_reference_update():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    w0 = a.weight.detach().clone()
+    update_ema(a, b, 0.9)
+    torch.testing.assert_close(a.weight, 0.9 * w0 + 0.1 * b.weight.detach(), rtol=0, atol=1e-7)
+    update_ema(a, b, 0.0)  # decay 0 copies (how the reference initialises its EMA)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_sigusr2_checkpoints_at_step_boundary_then_resumes(tmp_path, ema):
     data = make_token_dir(tmp_path / "d")
-    cfg = tiny_cfg(data, tmp_path / "run", max_steps=30, ckpt_every=1000)
+    cfg = tiny_cfg(data, tmp_path / "run", max_steps=30, ckpt_every=1000, ema=ema, ema_decay=0.9)
     p = _run_cli(cfg)
     log = tmp_path / "run" / "log.jsonl"
     while not (log.exists() and len(log.read_text().splitlines()) >= 5):
@@ -128,7 +140,16 @@ def test_sigusr2_checkpoints_at_step_boundary_then_resumes(tmp_path):
     ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
     assert 5 <= ck["step"] < 30 and not (tmp_path / "run" / "model.pt").exists()
     assert _run_cli(cfg).wait() == 0
-    ref = tiny_cfg(data, tmp_path / "ref", max_steps=30, ckpt_every=1000)
+    ref = tiny_cfg(data, tmp_path / "ref", max_steps=30, ckpt_every=1000, ema=ema, ema_decay=0.9)
     train(ref)
-    a, b = _weights(tmp_path / "ref" / "model.pt"), _weights(tmp_path / "run" / "model.pt")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for weights in ("model", "ema") if ema else ("model",):
+        a = load_checkpoint(tmp_path / "ref" / "model.pt", weights=weights).state_dict()
+        b = load_checkpoint(tmp_path / "run" / "model.pt", weights=weights).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), weights
+    if ema:  # the EMA is its own set of weights, and resuming restored it exactly (checked above)
+        m = load_checkpoint(tmp_path / "run" / "model.pt").state_dict()
+        e = load_checkpoint(tmp_path / "run" / "model.pt", weights="ema").state_dict()
+        assert not torch.equal(m["output.weight"], e["output.weight"])
+    else:
+        with pytest.raises(UserError, match="no 'ema' weights"):
+            load_checkpoint(tmp_path / "run" / "model.pt", weights="ema")

@@ -12,9 +12,9 @@ MODELS = sorted(C["models"])
 # Fields of a model entry that go to `par train` / `par sample`; the rest are structural.
 TRAIN_KEYS = {"size", "order", "n", "initial_sequential", "group_attention", "regions", "global_batch", "lr",
               "epochs", "max_steps", "schedule", "warmup_epochs", "dropout", "class_dropout", "ckpt_every",
-              "log_every", "seed"}
-SAMPLE_KEYS = {"num_samples", "shard_size", "batch_size", "cfg_scale", "cfg_interval", "temperature", "top_k", "top_p", "seed",
-               "image_size", "compile"}
+              "log_every", "seed", "ema", "ema_decay"}
+SAMPLE_KEYS = {"num_samples", "shard_size", "batch_size", "cfg_scale", "cfg_interval", "temperature", "top_k",
+               "top_p", "seed", "image_size", "compile", "weights"}
 
 
 def flags(d):
