@@ -320,6 +320,14 @@ class Transformer(nn.Module):
         self.cache_len, self.static_kv = 0, False
         self.reset_parameters()
 
+    def _apply(self, fn, recurse=True):
+        # The reference keeps the RoPE table as a plain float32 attribute, so `model.to(torch.bfloat16)` leaves
+        # it in float32 (bf16 cos/sin would rotate q/k by up to ~0.4 % off). It follows the device, never the dtype.
+        table = self.freqs_cis
+        super()._apply(fn, recurse)
+        self.freqs_cis = table.to(self.freqs_cis.device)
+        return self
+
     def reset_parameters(self):
         std = self.config.initializer_range
         for m in self.modules():

@@ -108,6 +108,16 @@ def test_cls_and_spe_positions_get_zero_rope():
     assert zero.tolist() == [True] + [False] * 4 + [True] * 3 + [False] * 11
 
 
+def test_rope_table_stays_float32_when_the_model_is_cast():
+    """As in the reference (a plain fp32 attribute): bf16 inference rotates with fp32 cos/sin."""
+    m = Transformer(ModelConfig(dim=32, n_layer=1, n_head=2, vocab_size=16, num_classes=3, grid=(4, 4), n=4))
+    table = m.freqs_cis.clone()
+    m = m.to(torch.bfloat16)
+    assert m.freqs_cis.dtype == torch.float32 and torch.equal(m.freqs_cis, table)
+    assert m.output.weight.dtype == torch.bfloat16 and m.block_end.dtype == torch.int64
+    assert m.to("meta").freqs_cis.device.type == "meta"
+
+
 def test_class_dropout_only_in_training():
     m = Transformer(ModelConfig(dim=32, n_layer=1, n_head=2, vocab_size=16, num_classes=3, grid=(4, 4), n=4,
                                 class_dropout_prob=0.5))
