@@ -182,6 +182,19 @@ def test_static_cache_decoding_equals_visible_keys_decoding(variant):
     torch.testing.assert_close(out[True][1]["guided"], out[False][1]["guided"], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_bf16_decoding_matches_bf16_teacher_forcing(static):
+    """The GPU sampling precision (bf16 weights and caches, fp32 logits and RoPE table), run on the CPU."""
+    m = _random_model(order="par", n=4).to(torch.bfloat16)
+    labels = torch.tensor([0, 4, 2])
+    toks, lg = generate(m, labels, SamplingConfig(cfg_scale=2.0), torch.Generator().manual_seed(1),
+                        return_logits=True, static_cache=static)
+    with torch.no_grad():
+        tf = m(m.order.to_order(toks), labels)
+    assert lg["cond"].dtype == torch.float32 and m.freqs_cis.dtype == torch.float32
+    torch.testing.assert_close(lg["cond"], tf, atol=0.07, rtol=0.01)  # ≤ about one bf16 ulp at |logit| ≈ 12
+
+
 @pytest.mark.slow
 def test_compiled_decode_step_is_one_graph_and_matches_eager():
     """torch.compile(fullgraph=True) of the static-cache step: no graph breaks, same tokens and logits."""
