@@ -3,7 +3,7 @@
 Every variant shares the backbone (random weights; only the n−1 transition embeddings differ), so the
 measured speedup isolates the decoding schedule. The figure of merit is speedup ÷ step ratio: 1.0
 means a parallel step costs no more than a sequential one (the ideal of the paper's latency claim).
-Writes `sample-<preset>.json` and `.md` under `analysis/bench/`.
+Writes `sample-<preset>[-compile].json` and `.md` under `analysis/bench/`.
 """
 
 from __future__ import annotations
@@ -200,10 +200,10 @@ def cmd_bench_sample(args) -> int:
         raise UserError(f"--preset {args.preset!r}: choose one of {sorted(PRESETS)}")
     batches = tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else None
     result = run_sample_bench(args.preset, batches, args.repeats, args.compile, args.device)
-    out = Path(args.out)
-    io.write_json(out / f"sample-{args.preset}.json", result)
+    out, stem = Path(args.out), f"sample-{args.preset}" + ("-compile" if args.compile else "")
+    io.write_json(out / f"{stem}.json", result)
     md = to_markdown(result)
-    io.write_text(out / f"sample-{args.preset}.md", md)
+    io.write_text(out / f"{stem}.md", md)
     print(md)
     return 0
 
