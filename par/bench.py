@@ -72,27 +72,48 @@ def _time_generation(model, batch, preset, device, step_fn) -> float:
 
 
 def _build_variants(preset, device, dtype, compile_):
-    """One model per schedule, all with the same backbone weights (only the n−1 spe rows differ)."""
+    """One model per schedule. They share one backbone: the first model's parameter tensors themselves, not
+    copies (only the n−1 spe rows are each variant's own), so the paper-3b preset holds one 3B model in
+    memory, not four."""
     import torch
 
     from par.generate import compile_decode_step
     from par.model import Transformer, model_config
 
     torch.manual_seed(0)
-    models, base_state = [], None
+    models, base = [], None
     for label, kind, n in VARIANTS:
         cfg = model_config(preset.size, grid=preset.grid, order=kind, n=n,
                            vocab_size=preset.vocab_size, num_classes=preset.num_classes)
-        with torch.device(device):
-            model = Transformer(cfg)
-        torch.nn.init.normal_(model.output.weight, std=0.02)  # a zero head would make sampling degenerate
-        if base_state is None:
-            base_state = {k: v for k, v in model.state_dict().items() if "spe_tok" not in k}
-        model.load_state_dict(base_state, strict=False)
-        model = model.to(dtype).eval()
+        if base is None:
+            with torch.device(device):
+                model = Transformer(cfg)
+            torch.nn.init.normal_(model.output.weight, std=0.02)  # a zero head would make sampling degenerate
+            model = base = model.to(dtype).eval()
+        else:
+            model = share_backbone(base, cfg, device, dtype)
         step_fn = compile_decode_step(model) if compile_ else None
         models.append((label, kind, n, model, step_fn))
     return models
+
+
+def share_backbone(base, cfg, device, dtype):
+    """A model for `cfg` (another order / n) whose parameters are `base`'s tensors; its own spe rows are
+    drawn fresh. Built on the meta device, so no second backbone is ever allocated."""
+    import torch
+
+    from par.model import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    shared = {k: v for k, v in base.state_dict().items() if not k.startswith("spe_tok")}
+    model.load_state_dict(shared, strict=False, assign=True)
+    model.register_layout_buffers(device)
+    if hasattr(model, "spe_tok_embeddings"):
+        spe = model.spe_tok_embeddings.to_empty(device=device)
+        torch.nn.init.normal_(spe.special_embeddings.weight, std=cfg.initializer_range)
+        spe.to(dtype)
+    return model.eval()
 
 
 def run_sample_bench(preset_name: str, batch_sizes=None, repeats=None, compile_=False, device=None) -> dict:

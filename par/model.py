@@ -311,14 +311,20 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
-        # Layout tables (not in the state dict): input source per position, RoPE rows, group mask.
-        kind, index = layout.sources
-        self.register_buffer("src_kind", torch.as_tensor(kind), persistent=False)
-        self.register_buffer("src_index", torch.as_tensor(index), persistent=False)
-        self.register_buffer("block_end", torch.as_tensor(layout.block_end), persistent=False)
-        self.register_buffer("freqs_cis", rope_sequence_table(self.order, cfg.head_dim, cfg.rope_base), persistent=False)
+        self.register_layout_buffers()
         self.cache_len, self.static_kv = 0, False
         self.reset_parameters()
+
+    def register_layout_buffers(self, device=None):
+        """Layout tables (not in the state dict): input source per position, RoPE rows, group mask.
+        Computed from the config, so a model built on the meta device can get them on a real one."""
+        cfg, layout = self.config, self.order.layout
+        kind, index = layout.sources
+        self.register_buffer("src_kind", torch.as_tensor(kind, device=device), persistent=False)
+        self.register_buffer("src_index", torch.as_tensor(index, device=device), persistent=False)
+        self.register_buffer("block_end", torch.as_tensor(layout.block_end, device=device), persistent=False)
+        table = rope_sequence_table(self.order, cfg.head_dim, cfg.rope_base)
+        self.register_buffer("freqs_cis", table if device is None else table.to(device), persistent=False)
 
     def _apply(self, fn, recurse=True):
         # The reference keeps the RoPE table as a plain float32 attribute, so `model.to(torch.bfloat16)` leaves

@@ -52,3 +52,24 @@ def test_gpu_preset_without_gpu_is_a_clear_error(tmp_path, capsys):
 def test_unknown_preset_is_rejected(tmp_path, capsys):
     assert main(["bench", "sample", "--preset", "nope", "--out", str(tmp_path)]) == 2
     assert "cpu-tiny" in capsys.readouterr().err
+
+
+def test_variants_share_one_backbone_and_decode_like_separate_models():
+    from par.bench import PRESETS, _build_variants
+    from par.generate import SamplingConfig, generate
+    from par.model import Transformer
+
+    variants = _build_variants(PRESETS["cpu-tiny"], torch.device("cpu"), torch.float32, False)
+    base = variants[0][3]
+    for _, _, n, m, _ in variants[1:]:
+        assert m.layers[0].attention.wqkv.weight.data_ptr() == base.layers[0].attention.wqkv.weight.data_ptr()
+        assert m.output.weight.data_ptr() == base.output.weight.data_ptr()
+        assert not any(t.is_meta for t in [*m.parameters(), *m.buffers()])
+    # the shared-parameter PAR n=16 model decodes exactly like an ordinary model with the same weights
+    m16 = next(v[3] for v in variants if v[0] == "PAR n=16")
+    plain = Transformer(m16.config)
+    plain.load_state_dict(m16.state_dict())
+    labels = torch.tensor([1, 7])
+    a = generate(m16, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(0))
+    b = generate(plain.eval(), labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
