@@ -121,10 +121,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device) -> torch.op
 
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·model over parameters (the reference's update; decay 0 copies)."""
-    src = dict(model.named_parameters())
-    for name, p in ema.named_parameters():
-        p.mul_(decay).add_(src[name].detach(), alpha=1 - decay)
+    """ema ← decay·ema + (1 − decay)·model over parameters (the reference's update; decay 0 copies).
+    Two fused multi-tensor kernels per step instead of two launches per parameter tensor."""
+    e = list(ema.parameters())
+    torch._foreach_mul_(e, decay)
+    torch._foreach_add_(e, [p.detach() for p in model.parameters()], alpha=1 - decay)
 
 
 def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -249,7 +250,8 @@ def train(cfg: TrainConfig) -> Path:
     model = Transformer(mcfg).to(device)
     opt = make_optimizer(model, cfg, device)
     step = 0
-    ema = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema else None  # fp32, on the device
+    # fp32 EMA on rank 0 only: it is the one that saves, and other ranks need not hold a second model copy
+    ema = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema and rank == 0 else None
     ckpt_path = out / "ckpt.pt"
     if ckpt_path.exists():
         ck = io.torch_load(ckpt_path)
