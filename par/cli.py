@@ -1,85 +1,66 @@
-"""The single `par` command line. Every Snakemake rule calls one of these subcommands.
+"""`par`: the one command line. Every Snakemake rule calls one of these subcommands.
 
-Each command module exposes ``register(subparsers)``, which adds its parser(s) and sets
-``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit status.
-Heavy imports stay inside those callables so `par --help` is quick.
+The table below maps each command to the module of its DAG stage (the rule file that calls it is in the
+comment). A stage module exposes ``register(subparsers)``, which adds its parser(s), and a handler taking the
+parsed ``argparse.Namespace``. Only the chosen command's module is imported, so `par --help` imports no torch.
+Nothing under `par/` imports this module: it sits on top.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
-import json
 import sys
-from pathlib import Path
 
 from par.errors import UserError
 
-COMMAND_MODULES = [
-    "par.golden",  # check-golden
-    "par.data",  # tokenize, make-tinyset
-    "par.bench",  # bench sample
-    "par.demo",  # demo
-    "par.train",  # train
-    "par.sample",  # sample
-    "par.vqtrain",  # train-vq
-    "par.reference",  # make-reference
-    "par.tables",  # tables
-    "par.report",  # report
-    "par.plan",  # plan
-    "par.fetch",  # fetch
-    "par.metrics",  # evaluate
-    "par.entropy",  # entropy map | increase | features | figures
-]
+# command → (module, one-line help)
+COMMANDS = {
+    # workflow/rules/data.smk
+    "make-tinyset": ("par.data.tinyset", "offline tiny ImageFolder from scikit-image's bundled photos"),
+    "make-reference": ("par.data.reference", "pack real images (ADM centre crop) into an ADM npz for FID"),
+    "train-vq": ("par.data.vqtrain", "train a small VQ tokenizer (the CPU presets' stand-in for VQ-16)"),
+    "tokenize": ("par.data.tokenize", "ten-crop VQ pre-tokenisation of an ImageFolder into shards + manifest"),
+    "fetch": ("par.data.fetch", "download a released file with checksum verification (paper preset)"),
+    # workflow/rules/train.smk
+    "train": ("par.train.launch", "train a PAR / LlamaGen model (in-process, local DDP or Slurm via submitit)"),
+    "plan": ("par.train.plan", "estimated FLOPs and GPU-hours of every job of a preset"),
+    # workflow/rules/sample.smk, evaluate.smk
+    "sample": ("par.eval.sample", "sharded class-conditional sampling → ADM npz, grid, sampling.json"),
+    "evaluate": ("par.eval.metrics", "FID / KID / precision-recall / IS of samples against a reference"),
+    "bench": ("par.eval.bench", "benchmarks (JSON + markdown under analysis/bench/)"),
+    # workflow/rules/entropy.smk
+    "entropy": ("par.analysis.entropy", "§8 conditional-entropy analysis: features, maps, increase, figures"),
+    # workflow/rules/report.smk
+    "tables": ("par.analysis.tables", "Tables 2 and 3(a)-(e) from result files (Markdown, CSV, LaTeX)"),
+    "report": ("par.analysis.report", "analysis/report.md + report.html from tables, grids and figures"),
+    # not in the DAG
+    "check-golden": ("par.core.golden", "compare against golden vectors from the reference implementation"),
+    "demo": ("par.core.demo", "tiny random-weight tour: orders, CFG sampling, cache consistency"),
+    "config": ("par.config", "the settings: print the config schema, or check a config file"),
+}
 
 
-# -- config dataclasses as flags (train, sample, train-vq share this) ---------------------------------
-
-
-def add_config_arguments(p, cls):
-    """One --flag per dataclass field (booleans take true/false)."""
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None, metavar="BOOL")
-        else:
-            typ = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
-            p.add_argument(flag, type=typ, default=None)
-
-
-def config_from_args(args, cls):
-    d = {}
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.exists():
-            raise UserError(f"--config {path}: file not found")
-        d = json.loads(path.read_text()) if path.suffix == ".json" else __import__("yaml").safe_load(path.read_text())
-    for f in dataclasses.fields(cls):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            d[f.name] = v
-    names = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(d) - names)
-    if bad:
-        raise UserError(f"{getattr(args, 'config', None) or 'command line'}: unknown field(s) {bad}; valid: {sorted(names)}")
-    cfg = cls(**d)
-    for req in cls.REQUIRED:
-        if not getattr(cfg, req):
-            raise UserError(f"--{req} is required (or set '{req}' in --config)")
-    return cfg
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (the others are listed with their help only)."""
     parser = argparse.ArgumentParser(prog="par", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name, (module, help) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).register(sub)
+        else:
+            sub.add_parser(name, help=help, add_help=False)
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command(argv)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except UserError as e:

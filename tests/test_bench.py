@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from par.bench import cost_model, run_sample_bench
+from par.eval.bench import cost_model, run_sample_bench
 from par.cli import main
 
 
@@ -55,9 +55,10 @@ def test_unknown_preset_is_rejected(tmp_path, capsys):
 
 
 def test_variants_share_one_backbone_and_decode_like_separate_models():
-    from par.bench import PRESETS, _build_variants
-    from par.generate import SamplingConfig, generate
-    from par.model import Transformer
+    from par.eval.bench import PRESETS, _build_variants
+    from par.config import SamplingSettings
+    from par.core.generate import generate
+    from par.core.model import Transformer
 
     variants = _build_variants(PRESETS["cpu-tiny"], torch.device("cpu"), torch.float32, False)
     base = variants[0][3]
@@ -70,6 +71,6 @@ def test_variants_share_one_backbone_and_decode_like_separate_models():
     plain = Transformer(m16.config)
     plain.load_state_dict(m16.state_dict())
     labels = torch.tensor([1, 7])
-    a = generate(m16, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(0))
-    b = generate(plain.eval(), labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(0))
+    a = generate(m16, labels, SamplingSettings(cfg_scale=1.5), torch.Generator().manual_seed(0))
+    b = generate(plain.eval(), labels, SamplingSettings(cfg_scale=1.5), torch.Generator().manual_seed(0))
     assert torch.equal(a, b)

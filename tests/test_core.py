@@ -10,10 +10,10 @@ import torch
 
 from par.cli import main
 from par.errors import UserError
-from par.generate import (SamplingConfig, compile_decode_step, draw_categorical, filter_logits, generate,
+from par.core.generate import (SamplingSettings, compile_decode_step, draw_categorical, filter_logits, generate,
                           guided_call)
-from par.model import ModelConfig, Transformer, load_checkpoint, model_config
-from par.order import Layout, Order, num_forward_calls
+from par.core.model import ModelConfig, Transformer, load_checkpoint, model_config
+from par.core.order import Layout, Order, num_forward_calls
 
 GOLDEN = __import__("pathlib").Path(__file__).parent / "data" / "golden"
 
@@ -88,7 +88,7 @@ def test_causal_group_mask_is_causal():
 
 @pytest.mark.parametrize("manifest", sorted(p.name for p in (GOLDEN / "keys").glob("*_GPT-*.json")))
 def test_state_dict_matches_released_manifests(manifest):
-    from par.golden import check_manifest
+    from par.core.golden import check_manifest
 
     index = json.loads((GOLDEN / "keys" / "index.json").read_text())
     (check,) = check_manifest(GOLDEN / "keys" / manifest, index)
@@ -158,7 +158,7 @@ def test_cached_decoding_reproduces_teacher_forcing(variant, cfg_scale):
     m = _random_model(**variant)
     labels = torch.tensor([0, 4, 2])
     gen = torch.Generator().manual_seed(1)
-    toks, logits = generate(m, labels, SamplingConfig(cfg_scale=cfg_scale, top_k=20), gen, return_logits=True)
+    toks, logits = generate(m, labels, SamplingSettings(cfg_scale=cfg_scale, top_k=20), gen, return_logits=True)
     assert toks.shape == (3, m.num_tokens) and toks.dtype == torch.long
     with torch.no_grad():
         tf = m(m.order.to_order(toks), labels)
@@ -177,7 +177,7 @@ def test_static_cache_decoding_equals_visible_keys_decoding(variant):
     out = {}
     for static in (True, False):
         gen = torch.Generator().manual_seed(3)
-        out[static] = generate(m, labels, SamplingConfig(cfg_scale=2.0), gen, return_logits=True, static_cache=static)
+        out[static] = generate(m, labels, SamplingSettings(cfg_scale=2.0), gen, return_logits=True, static_cache=static)
     assert torch.equal(out[True][0], out[False][0])
     torch.testing.assert_close(out[True][1]["guided"], out[False][1]["guided"], atol=1e-4, rtol=1e-4)
 
@@ -187,7 +187,7 @@ def test_bf16_decoding_matches_bf16_teacher_forcing(static):
     """The GPU sampling precision (bf16 weights and caches, fp32 logits and RoPE table), run on the CPU."""
     m = _random_model(order="par", n=4).to(torch.bfloat16)
     labels = torch.tensor([0, 4, 2])
-    toks, lg = generate(m, labels, SamplingConfig(cfg_scale=2.0), torch.Generator().manual_seed(1),
+    toks, lg = generate(m, labels, SamplingSettings(cfg_scale=2.0), torch.Generator().manual_seed(1),
                         return_logits=True, static_cache=static)
     with torch.no_grad():
         tf = m(m.order.to_order(toks), labels)
@@ -200,7 +200,7 @@ def test_compiled_decode_step_is_one_graph_and_matches_eager():
     """torch.compile(fullgraph=True) of the static-cache step: no graph breaks, same tokens and logits."""
     m = _random_model(grid=(4, 4), order="par", n=4)
     labels = torch.tensor([0, 3])
-    sc = SamplingConfig(cfg_scale=2.0, temperature=0)
+    sc = SamplingSettings(cfg_scale=2.0, temperature=0)
     toks, logits = generate(m, labels, sc, return_logits=True, step_fn=compile_decode_step(m))
     ref, ref_logits = generate(m, labels, sc, return_logits=True, static_cache=True)
     assert torch.equal(toks, ref)
@@ -220,32 +220,32 @@ def test_cfg_interval_follows_the_reference_counters():
 def test_cfg_interval_falls_back_to_conditional_logits():
     m = _random_model(order="par", n=4)  # 8×8 grid: 4 single calls, then 15 parallel calls
     labels = torch.tensor([1, 3])
-    sc = SamplingConfig(cfg_scale=3.0, cfg_interval=8)
+    sc = SamplingSettings(cfg_scale=3.0, cfg_interval=8)
     toks, lg = generate(m, labels, sc, torch.Generator().manual_seed(0), return_logits=True)
     guided = lg["uncond"] + 3.0 * (lg["cond"] - lg["uncond"])
     cut = 4 + 3 * 4  # calls 0–3 and the parallel calls counted 0, 4, 8 are guided: the first 16 positions
     torch.testing.assert_close(lg["guided"][:, :cut], guided[:, :cut])
     torch.testing.assert_close(lg["guided"][:, cut:], lg["cond"][:, cut:])
-    always = generate(m, labels, SamplingConfig(cfg_scale=3.0, cfg_interval=10_000), torch.Generator().manual_seed(0))
-    assert torch.equal(always, generate(m, labels, SamplingConfig(cfg_scale=3.0), torch.Generator().manual_seed(0)))
+    always = generate(m, labels, SamplingSettings(cfg_scale=3.0, cfg_interval=10_000), torch.Generator().manual_seed(0))
+    assert torch.equal(always, generate(m, labels, SamplingSettings(cfg_scale=3.0), torch.Generator().manual_seed(0)))
 
 
 def test_decoding_detects_a_wrong_mask():
     """The consistency test above must be able to fail: break the group mask of the cached path."""
     m = _random_model(order="par", n=4)
     labels = torch.tensor([1, 2])
-    toks, logits = generate(m, labels, SamplingConfig(temperature=0), return_logits=True)
+    toks, logits = generate(m, labels, SamplingSettings(temperature=0), return_logits=True)
     m.block_end.copy_(torch.arange(1, m.seq_len + 1))  # causal instead of group-bidirectional
-    toks2, logits2 = generate(m, labels, SamplingConfig(temperature=0), return_logits=True)
+    toks2, logits2 = generate(m, labels, SamplingSettings(temperature=0), return_logits=True)
     assert not torch.allclose(logits["cond"], logits2["cond"], atol=1e-4)
 
 
 def test_generation_is_seeded():
     m = _random_model(order="par", n=4)
     labels = torch.tensor([1, 2, 3])
-    a = generate(m, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(7))
-    b = generate(m, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(7))
-    c = generate(m, labels, SamplingConfig(cfg_scale=1.5), torch.Generator().manual_seed(8))
+    a = generate(m, labels, SamplingSettings(cfg_scale=1.5), torch.Generator().manual_seed(7))
+    b = generate(m, labels, SamplingSettings(cfg_scale=1.5), torch.Generator().manual_seed(7))
+    c = generate(m, labels, SamplingSettings(cfg_scale=1.5), torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

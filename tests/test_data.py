@@ -16,11 +16,12 @@ from PIL import Image
 from torchvision import transforms
 
 from par.cli import main
-from par.data import (BATCH_DELAY_ENV, NUM_CROPS, TokenDataset, center_crop_arr, finalize, list_images,
-                      load_rgb, shard_name, slurm_array_defaults, ten_crop_transform, tokenize)
+from par.data.tokenize import (BATCH_DELAY_ENV, NUM_CROPS, TokenDataset, center_crop_arr, finalize, list_images,
+                      load_rgb, shard_name, ten_crop_transform, tokenize)
+from par.cluster import array_task
 from par.errors import UserError
-from par.tinyset import make_tinyset
-from par.tokenizer import VQConfig, VQModel, load_vq, save_vq
+from par.data.tinyset import make_tinyset
+from par.data.tokenizer import VQConfig, VQModel, load_vq, save_vq
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32  # image size for tokenisation tests: 2x2 grid with the 16x-downsampling tiny VQ
@@ -162,12 +163,23 @@ def test_job_array_slots_match_single_run(images, vq_ckpt, tokens, tmp_path):
         assert (out / name).read_bytes() == (tokens / name).read_bytes(), name
 
 
-def test_slurm_array_defaults(monkeypatch):
-    assert slurm_array_defaults() == (0, 1)
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "5")
-    assert slurm_array_defaults() == (2, 4)
+@pytest.mark.parametrize("first", [0, 1, 5])
+def test_array_task_covers_every_index_once(first):
+    """`--array=0-7`, `--array=1-8`, `--array=5-12`: the 8 tasks get indices 0..7, each once (the old sampler
+    helper ignored SLURM_ARRAY_TASK_MIN, so `--array=1-8` skipped shard 0 and ran past the last)."""
+    assert array_task({}) == (0, 1)
+    got = [array_task({"SLURM_ARRAY_TASK_ID": str(t), "SLURM_ARRAY_TASK_MIN": str(first),
+                       "SLURM_ARRAY_TASK_MAX": str(first + 7), "SLURM_ARRAY_TASK_COUNT": "8"})
+           for t in range(first, first + 8)]
+    assert got == [(i, 8) for i in range(8)]
+
+
+def test_array_task_with_step_and_torchrun():
+    env = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "6", "SLURM_ARRAY_TASK_STEP": "2"}
+    assert [array_task({**env, "SLURM_ARRAY_TASK_ID": str(t)}) for t in (0, 2, 4, 6)] == [(i, 4) for i in range(4)]
+    assert array_task({"RANK": "3", "WORLD_SIZE": "4"}) == (3, 4)
+    with pytest.raises(UserError, match="does not fit"):
+        array_task({**env, "SLURM_ARRAY_TASK_ID": "3"})
 
 
 def test_input_errors(images, vq_ckpt, tokens, tmp_path):

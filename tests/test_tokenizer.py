@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from par.errors import UserError
-from par.tokenizer import VQConfig, VQModel, golden_checks, load_vq, save_vq
+from par.data.tokenizer import VQConfig, VQModel, golden_checks, load_vq, save_vq
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "golden"
 VQ_TINY = GOLDEN / "vq_tiny"

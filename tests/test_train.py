@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from par.errors import UserError
-from par.model import load_checkpoint
-from par.train import EXIT_PREEMPTED, TokenArrays, TrainConfig, lr_at, train, update_ema
+from par.core.model import load_checkpoint
+from par.config import TrainJob as TrainConfig
+from par.train.train import EXIT_PREEMPTED, TokenArrays, lr_at, train, update_ema
 
 
 def make_token_dir(root: Path, num_images=64, grid=(4, 4), vocab=16, classes=4, crops=10, seed=0) -> Path:
@@ -62,7 +63,7 @@ def test_training_learns_and_writes_artifacts(tmp_path):
     assert [r["step"] for r in log] == list(range(1, 61))
     assert log[-1]["loss"] < 0.5 * log[0]["loss"]
     assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(log[0])
-    from par.model import load_checkpoint
+    from par.core.model import load_checkpoint
 
     model = load_checkpoint(final)  # weights_only=True, config carried in the file
     assert model.config.n == 4 and model.order.num_calls == 7

@@ -4,9 +4,10 @@ import json
 
 import torch
 
-from par.tinyset import make_tinyset
-from par.tokenizer import VQConfig, VQModel, load_vq
-from par.vqtrain import VQTrainConfig, restart_dead_codes, train_vq
+from par.data.tinyset import make_tinyset
+from par.data.tokenizer import VQConfig, VQModel, load_vq
+from par.config import VQTrainJob as VQTrainConfig
+from par.data.vqtrain import restart_dead_codes, train_vq
 
 
 def test_restart_dead_codes_revives_unused_codes():

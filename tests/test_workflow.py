@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from par.tables import PAPER, write_tables
+from par.analysis.tables import PAPER, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 

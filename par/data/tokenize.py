@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from par.cluster import array_task
+from par.config import TokenizeJob, add_arguments, from_args
 from par.errors import UserError
 from par.io import atomic_path, sha256_file, write_json
 
@@ -248,15 +250,6 @@ def _collate_list(items):
     return items
 
 
-def slurm_array_defaults() -> tuple[int, int]:
-    """(shard, num_shards) from a Slurm job array (SLURM_ARRAY_TASK_ID / _COUNT / _MIN / _STEP), else (0, 1)."""
-    task, count = os.environ.get("SLURM_ARRAY_TASK_ID"), os.environ.get("SLURM_ARRAY_TASK_COUNT")
-    if task is None or count is None:
-        return 0, 1
-    lo, step = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0)), int(os.environ.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
-    return (int(task) - lo) // step, int(count)
-
-
 def _default_workers() -> int:
     try:
         ncpu = len(os.sched_getaffinity(0))
@@ -275,7 +268,7 @@ def tokenize(images, vq, out, *, image_size: int = 384, crop_range: float = 1.1,
     import torch
     from tqdm import tqdm
 
-    from par.tokenizer import load_vq
+    from par.data.tokenizer import load_vq
 
     root, vq, out = Path(images).absolute(), Path(vq).absolute(), Path(out)
     if not vq.is_file():
@@ -604,24 +597,23 @@ class TokenDataset:
 # ----------------------------------------------------------------------------- CLI
 
 def cmd_tokenize(args) -> int:
+    job = from_args(TokenizeJob, args)
     if args.finalize:
-        if not args.out:
-            raise UserError("--finalize needs --out DIR (the shard directory)")
-        path = finalize(args.out)
+        path = finalize(job.out)
         m = json.loads(Path(path).read_text())
         print(f"wrote {path}: {m['num_images']} images in {m['num_shards']} shards, {m['num_skipped']} skipped")
         return 0
-    for name in ("images", "vq", "out"):
-        if not getattr(args, name):
+    for name in ("images", "vq"):
+        if not getattr(job, name):
             raise UserError(f"--{name} is required (or use --finalize --out DIR)")
-    shard, num = slurm_array_defaults()
+    shard, num = array_task()
     shard = args.shard if args.shard is not None else shard
     num = args.num_shards if args.num_shards is not None else num
     if args.shard is not None and args.num_shards is None and num == 1:
         raise UserError("--shard needs --num-shards (or a Slurm job array)")
-    s = tokenize(args.images, args.vq, args.out, image_size=args.image_size, crop_range=args.crop_range,
-                 shard_size=args.shard_size, shard=shard, num_shards=num, batch_size=args.batch_size,
-                 device=args.device, workers=args.workers)
+    s = tokenize(job.images, job.vq, job.out, image_size=job.image_size, crop_range=job.crop_range,
+                 shard_size=job.shard_size, shard=shard, num_shards=num, batch_size=job.batch_size,
+                 device=job.device or None, workers=None if job.workers < 0 else job.workers)
     for item in s["skipped"]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     print(f"shard slot {shard}/{num}: wrote {len(s['written'])} shard(s), kept {len(s['kept'])} complete, "
@@ -631,36 +623,12 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
-def cmd_make_tinyset(args) -> int:
-    from par.tinyset import make_tinyset
-
-    info = make_tinyset(args.out, images_per_class=args.images_per_class, size=args.size, seed=args.seed)
-    print(f"wrote {args.out}: {len(info['classes'])} classes x {info['images_per_class']} images "
-          f"({info['size']}x{info['size']} PNG)")
-    return 0
-
-
 def register(sub):
     p = sub.add_parser("tokenize", help="ten-crop VQ pre-tokenisation of an ImageFolder into shards + manifest",
                        description="Ten-crop VQ tokenisation (spec §8.1). Resumable; runs as a Slurm job array "
-                                   "(--shard/--num-shards default to SLURM_ARRAY_TASK_ID/COUNT).")
-    p.add_argument("--images", help="ImageFolder root (one sub-folder per class, sorted → labels 0..C-1)")
-    p.add_argument("--vq", help="VQ checkpoint (LlamaGen vq_ds16_c2i.pt, or written by save_vq)")
-    p.add_argument("--out", help="output directory (shard-*.npz, manifest.json)")
-    p.add_argument("--image-size", type=int, default=384, help="crop size fed to the VQ (default 384)")
-    p.add_argument("--crop-range", type=float, default=1.1, help="centre crop = int(size·range) (default 1.1)")
-    p.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
+                                   "(--shard/--num-shards default to the array task's index and count).")
+    add_arguments(p, TokenizeJob)
     p.add_argument("--shard", type=int, help="this process's slot I: handles shards k ≡ I mod K")
     p.add_argument("--num-shards", type=int, help="number of slots K (parallel processes)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per VQ batch (×10 crops; default 4)")
-    p.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
-    p.add_argument("--workers", type=int, help="image-decoding worker processes (default min(8, cpus-1))")
     p.add_argument("--finalize", action="store_true", help="only (re)build manifest.json from complete shards")
     p.set_defaults(func=cmd_tokenize)
-
-    t = sub.add_parser("make-tinyset", help="offline tiny ImageFolder from scikit-image's bundled photos")
-    t.add_argument("--out", required=True, help="output ImageFolder root")
-    t.add_argument("--images-per-class", type=int, default=400)
-    t.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    t.add_argument("--seed", type=int, default=0)
-    t.set_defaults(func=cmd_make_tinyset)

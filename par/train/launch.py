@@ -1,4 +1,4 @@
-"""Cluster launch of `par train` through submitit (Slurm, or subprocesses on this machine).
+"""`par train`: launch a training run in this process, or through submitit (Slurm, or subprocesses here).
 
 * DDP ranks come from submitit's `TorchDistributedEnvironment` (one task per GPU, any number of nodes).
 * Timeouts and preemptions: Slurm signals the job (USR2, 90 s ahead), the training loop checkpoints at
@@ -15,59 +15,27 @@ import dataclasses
 import json
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from par import io
+from par.cluster import slurm_available
+from par.config import ClusterSettings, TrainJob, add_arguments, from_args
 from par.errors import UserError
 
 ALIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
          "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
 
 
-@dataclass
-class ClusterConfig:
-    nodes: int = 1
-    gpus_per_node: int = 0
-    tasks_per_node: int = 0  # 0 → one per GPU (at least 1)
-    cpus_per_task: int = 4
-    mem_gb: int = 0  # 0 → partition default
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    constraint: str = ""  # e.g. "a100"
-    time_min: int = 24 * 60
-    max_requeues: int = 200
-    signal_delay_s: int = 90
-    poll_s: float = 10.0
-
-    @property
-    def ntasks(self) -> int:
-        return self.tasks_per_node or max(1, self.gpus_per_node)
-
-    @classmethod
-    def from_args(cls, args) -> "ClusterConfig":
-        return cls(**{f.name: getattr(args, f"cluster_{f.name}") for f in dataclasses.fields(cls)
-                      if getattr(args, f"cluster_{f.name}", None) is not None})
-
-
-def add_cluster_arguments(p):
-    g = p.add_argument_group("cluster (with --launcher local|slurm)")
-    for f in dataclasses.fields(ClusterConfig):
-        typ = {"int": int, "float": float}.get(f.type, str)
-        g.add_argument("--" + f.name.replace("_", "-"), dest=f"cluster_{f.name}", type=typ, default=None)
-
-
-class TrainJob:
+class SubmititTrainJob:
     """The submitit callable. Subclasses Checkpointable lazily (submitit is a workflow-only dependency)."""
 
     def __call__(self, cfg_dict: dict) -> str:
         import submitit
 
-        from par.train import TrainConfig, train
+        from par.train.train import train
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        return str(train(TrainConfig(**cfg_dict)))
+        return str(train(TrainJob(**cfg_dict)))
 
     def checkpoint(self, cfg_dict: dict):
         """Called by submitit on timeout/preemption, after the loop has saved `ckpt.pt`: requeue as is."""
@@ -76,7 +44,7 @@ class TrainJob:
         return submitit.helpers.DelayedSubmission(self, cfg_dict)
 
 
-def _executor(cluster: ClusterConfig, folder: Path, launcher: str, name: str):
+def _executor(cluster: ClusterSettings, folder: Path, launcher: str, name: str):
     import submitit
 
     ex = submitit.AutoExecutor(folder=folder, cluster=None if launcher == "slurm" else "local",
@@ -103,7 +71,7 @@ def slurm_state(job_id: str) -> str | None:
     return state[0] if r.returncode == 0 and state else None
 
 
-def run_training(cfg, cluster: ClusterConfig, launcher: str = "slurm") -> Path:
+def run_training(cfg: TrainJob, cluster: ClusterSettings, launcher: str = "slurm") -> Path:
     """Submit (or re-attach to) the training job of `cfg.out` and wait for its final model file."""
     out = Path(cfg.out)
     final = out / "model.pt"
@@ -119,7 +87,7 @@ def run_training(cfg, cluster: ClusterConfig, launcher: str = "slurm") -> Path:
             print(f"re-attaching to Slurm job {job_id} ({out})", flush=True)
     if job_id is None:
         ex = _executor(cluster, out / "submitit", launcher, name=f"par-{out.name}")
-        job = ex.submit(TrainJob(), dataclasses.asdict(cfg))
+        job = ex.submit(SubmititTrainJob(), dataclasses.asdict(cfg))
         job_id = job.job_id
         io.write_json(record, {"job_id": job_id, "launcher": launcher, "folder": str(out / "submitit"),
                                "submitted": time.time()})
@@ -132,3 +100,29 @@ def run_training(cfg, cluster: ClusterConfig, launcher: str = "slurm") -> Path:
     if not final.exists():
         raise UserError(f"training job {job_id} ended without writing {final}; see logs in {out / 'submitit'}")
     return final
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    cfg = from_args(TrainJob, args, config_file=args.config)
+    cluster = from_args(ClusterSettings, args, dest_prefix="cluster_")
+    launcher = cfg.launcher
+    if launcher == "auto":
+        launcher = "slurm" if slurm_available() else "inprocess"
+    if launcher == "inprocess":
+        from par.train.train import train
+
+        print(train(cfg))
+    else:
+        print(run_training(cfg, cluster, launcher=launcher))
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train a PAR / LlamaGen model (in-process, local DDP or Slurm via submitit)")
+    p.add_argument("--config", help="JSON/YAML file with training fields (flags override it)")
+    add_arguments(p, TrainJob)
+    add_arguments(p, ClusterSettings, group="cluster (with --launcher local|slurm)", dest_prefix="cluster_")
+    p.set_defaults(func=cmd_train)

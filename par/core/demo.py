@@ -13,8 +13,9 @@ import time
 def cmd_demo(args) -> int:
     import torch
 
-    from par.generate import SamplingConfig, generate
-    from par.model import Transformer, model_config
+    from par.config import SamplingSettings
+    from par.core.generate import generate
+    from par.core.model import Transformer, model_config
 
     torch.manual_seed(args.seed)
     labels = torch.arange(args.batch) % 10
@@ -27,7 +28,7 @@ def cmd_demo(args) -> int:
             print(" ".join(f"{s:3d}" for s in row))
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(args.seed)
-        tokens, logits = generate(model, labels, SamplingConfig(cfg_scale=1.5), gen, return_logits=True)
+        tokens, logits = generate(model, labels, SamplingSettings(cfg_scale=1.5), gen, return_logits=True)
         dt = time.perf_counter() - t0
         with torch.no_grad():
             err = (model(model.order.to_order(tokens), labels) - logits["cond"]).abs().max().item()

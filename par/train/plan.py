@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from par.train import PEAK_FLOPS
+from par.train.train import PEAK_FLOPS
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
@@ -18,7 +18,7 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 def _params(size: str, order: str, n: int, grid, vocab: int, classes: int, regions: int = 0) -> int:
     import torch
 
-    from par.model import Transformer, model_config
+    from par.core.model import Transformer, model_config
 
     with torch.device("meta"):
         return Transformer(model_config(size, grid=tuple(grid), order=order, n=n, vocab_size=vocab,
@@ -26,8 +26,8 @@ def _params(size: str, order: str, n: int, grid, vocab: int, classes: int, regio
 
 
 def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list[dict]:
-    from par.order import Order
-    from par.tables import load_config
+    from par.core.order import Order
+    from par.config import load_config
 
     cfg, preset = load_config(config_path, preset_name)
     manifest = Path(results) / "tokens" / "manifest.json"

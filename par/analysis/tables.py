@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from par import io
+from par.config import load_config
 from par.errors import UserError
 
 # Reported in the paper / the authors' README (ImageNet 256, FID-50k; latency: A100, batch 1). Labelled as such.
@@ -43,15 +44,6 @@ TITLES = {
     "table3d": "Table 3(d) — which tokens are generated in parallel (raster/distant × one/multi)",
     "table3e": "Table 3(e) — model scaling (PAR n = 4)",
 }
-
-
-def load_config(path: str | Path, preset: str) -> tuple[dict, dict]:
-    import yaml
-
-    cfg = yaml.safe_load(Path(path).read_text())
-    if preset not in cfg.get("presets", {}):
-        raise UserError(f"{path}: no preset {preset!r} under `presets`")
-    return cfg, cfg["presets"][preset]
 
 
 def model_row(results: Path, model: str) -> tuple[dict, list[str]]:

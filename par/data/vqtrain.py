@@ -14,41 +14,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from par import io
+from par.config import VQTrainJob, add_arguments, from_args
 from par.errors import UserError
-
-
-@dataclass
-class VQTrainConfig:
-    REQUIRED = ("images", "out")
-    images: str = ""  # ImageFolder root
-    out: str = ""
-    image_size: int = 48  # the tokenizer's input size downstream (held-out metrics use it)
-    train_crop: int = 0  # random crop size for training (0 → image_size); the net is convolutional, so a
-    #                      smaller crop trains the same weights faster
-    ch: int = 32
-    ch_mult: str = "1,2,2"  # levels; downsample = 2^(levels-1)
-    z_channels: int = 32
-    res_blocks: int = 1  # per level, encoder and decoder (VQ-16 uses 2 / 3)
-    codebook_size: int = 512
-    codebook_embed_dim: int = 8
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3
-    restart_every: int = 10  # replace codes unused in the last window by current encoder outputs (0 = off)
-    heldout: int = 128  # images kept out of training for the metrics
-    rfid_images: int = 0  # > 0: also rFID on that many held-out images (Inception on CPU is slow)
-    seed: int = 0
 
 
 def _load_images(root: str, size: int, seed: int, heldout: int):
     """uint8 (N, 3, 1.1·size, 1.1·size) centre crops, shuffled; the last `heldout` are the test split."""
-    from par.data import center_crop_arr, crop_size, list_images, load_rgb
+    from par.data.tokenize import center_crop_arr, crop_size, list_images, load_rgb
 
     _, samples = list_images(root)
     if len(samples) <= heldout:
@@ -89,7 +66,7 @@ def evaluate_vq(vq, test_uint8, size: int, rfid_images: int = 0) -> dict:
     out = {"psnr_db": psnr, "mse": mse.mean().item(),
            "codebook_usage": torch.unique(codes).numel() / vq.cfg.codebook_size}
     if rfid_images:
-        from par.metrics import extract_features, feature_statistics, frechet_distance
+        from par.eval.metrics import extract_features, feature_statistics, frechet_distance
 
         to8 = lambda t: torch.clamp(127.5 * t + 128, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa
         real, fake = (feature_statistics(extract_features(to8(t[:rfid_images]))) for t in (x, recon))
@@ -118,10 +95,10 @@ def restart_dead_codes(vq, x, window: int, gen) -> int:
     return num
 
 
-def train_vq(cfg: VQTrainConfig) -> dict:
+def train_vq(cfg: VQTrainJob) -> dict:
     import torch
 
-    from par.tokenizer import VQConfig, VQModel, save_vq
+    from par.data.tokenizer import VQConfig, VQModel, save_vq
 
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
@@ -167,9 +144,7 @@ def train_vq(cfg: VQTrainConfig) -> dict:
 
 
 def cmd_train_vq(args) -> int:
-    from par.cli import config_from_args
-
-    m = train_vq(config_from_args(args, VQTrainConfig))
+    m = train_vq(from_args(VQTrainJob, args, config_file=args.config))
     b, a = m["before"], m["after"]
     print(f"held-out PSNR {b['psnr_db']:.2f} → {a['psnr_db']:.2f} dB, MSE {b['mse']:.4f} → {a['mse']:.4f}, "
           f"codebook usage {b['codebook_usage']:.2%} → {a['codebook_usage']:.2%}"
@@ -178,9 +153,7 @@ def cmd_train_vq(args) -> int:
 
 
 def register(sub):
-    from par.cli import add_config_arguments
-
-    p = sub.add_parser("train-vq", help="train a small VQ tokenizer (tiny preset)")
-    add_config_arguments(p, VQTrainConfig)
+    p = sub.add_parser("train-vq", help="train a small VQ tokenizer (the CPU presets' stand-in for VQ-16)")
+    add_arguments(p, VQTrainJob)
     p.add_argument("--config", help="JSON/YAML file with the fields above")
     p.set_defaults(func=cmd_train_vq)

@@ -16,20 +16,10 @@ independently from `uncond + s·(cond − uncond)` (or from `cond` alone past th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from par.model import Transformer
-
-
-@dataclass
-class SamplingConfig:
-    cfg_scale: float = 1.0  # > 1 enables classifier-free guidance
-    temperature: float = 1.0  # 0 → greedy (argmax)
-    top_k: int = 0  # 0 → off
-    top_p: float = 1.0  # 1 → off
-    cfg_interval: int = -1  # ≥ 0: guidance only while the reference's call counter ≤ this (see `guided_call`)
+from par.config import SamplingSettings
+from par.core.model import Transformer
 
 
 def guided_call(layout, c: int, cfg_interval: int) -> bool:
@@ -60,7 +50,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def sample_tokens(logits: torch.Tensor, sc: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+def sample_tokens(logits: torch.Tensor, sc: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
     """logits (B, k, V) float32 → (B, k) token ids, each position drawn independently."""
     if sc.temperature == 0:
         return logits.argmax(-1)
@@ -92,7 +82,7 @@ def compile_decode_step(model: Transformer):
 def generate(
     model: Transformer,
     labels: torch.Tensor,
-    sampling: SamplingConfig = SamplingConfig(),
+    sampling: SamplingSettings = SamplingSettings(),
     generator: torch.Generator | None = None,
     return_logits: bool = False,
     step_fn=None,

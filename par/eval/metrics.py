@@ -532,7 +532,7 @@ def evaluate(samples, reference=None, reference_stats=None, metrics=METRICS, bat
 
 
 def _load_images(source, max_images, what: str):
-    from par.imageio import check_nhwc, read_images
+    from par.data.imageio import check_nhwc, read_images
 
     if isinstance(source, np.ndarray):
         check_nhwc(source.shape, source.dtype, what)

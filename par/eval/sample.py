@@ -14,45 +14,17 @@ to --image-size → uint8 = clamp(127.5·x + 128, 0, 255), truncated.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from par import io
+from par.cluster import array_task
+from par.config import SampleJob, add_arguments, from_args
 from par.errors import UserError
-
-
-@dataclass
-class SampleJob:
-    REQUIRED = ("model", "vq", "out")
-    model: str = ""  # our checkpoint (carries its config) or a released one (then set size/order/n)
-    vq: str = ""  # VQ tokenizer checkpoint
-    out: str = ""
-    num_samples: int = 50_000
-    shard_size: int = 1000
-    batch_size: int = 32
-    cfg_scale: float = 1.5
-    cfg_interval: int = -1  # reference semantics (par.generate.guided_call); −1 = guidance at every call
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    image_size: int = 256
-    device: str = "auto"
-    dtype: str = "auto"  # bf16 on GPU (as the reference sampler), fp32 on CPU
-    size: str = ""  # for released checkpoints without a stored config, e.g. GPT-3B
-    order: str = "par"
-    n: int = 4
-    weights: str = "model"  # "model" | "ema" (the EMA copy of a run trained with --ema)
-    compile: bool = False  # torch.compile the decode step over a static KV cache (CUDA graphs on GPU)
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_samples // self.shard_size)
 
 
 def shard_path(out: Path, k: int) -> Path:
@@ -62,8 +34,8 @@ def shard_path(out: Path, k: int) -> Path:
 def _setup(job: SampleJob):
     import torch
 
-    from par.model import load_checkpoint, model_config
-    from par.tokenizer import load_vq
+    from par.core.model import load_checkpoint, model_config
+    from par.data.tokenizer import load_vq
 
     device = torch.device("cuda" if job.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if job.device == "auto" else job.device))
@@ -73,7 +45,7 @@ def _setup(job: SampleJob):
     model = load_checkpoint(job.model, config, dtype=dtype, weights=job.weights).to(device)
     vq = load_vq(job.vq).to(device)
     if job.compile:
-        from par.generate import compile_decode_step
+        from par.core.generate import compile_decode_step
 
         model.decode_step = compile_decode_step(model)  # generate() then uses the static cache
     return model, vq, device
@@ -93,10 +65,9 @@ def decode_to_uint8(vq, tokens_raster, grid, image_size: int) -> np.ndarray:
 
 
 def _generate_batch(model, vq, labels, job: SampleJob, gen):
-    from par.generate import SamplingConfig, generate
+    from par.core.generate import generate
 
-    sc = SamplingConfig(job.cfg_scale, job.temperature, job.top_k, job.top_p, job.cfg_interval)
-    tokens = generate(model, labels, sc, gen, static_cache=job.compile or None)
+    tokens = generate(model, labels, job, gen, static_cache=job.compile or None)  # a SampleJob is SamplingSettings
     return tokens, decode_to_uint8(vq, tokens, model.order.grid, job.image_size)
 
 
@@ -157,7 +128,7 @@ def finalize(job: SampleJob, model=None, vq=None, device=None) -> Path:
     """Pack shards → samples.npz (exactly N distinct indices), grid.png, sampling.json."""
     from PIL import Image
 
-    from par.imageio import write_adm_npz
+    from par.data.imageio import write_adm_npz
 
     out = Path(job.out)
     missing = [k for k in range(job.num_shards) if not shard_path(out, k).exists()]
@@ -230,22 +201,13 @@ def run(job: SampleJob, shard: int, num_shards: int, do_finalize: bool) -> None:
         finalize(job, model, vq, device)
 
 
-def _env_shard() -> tuple[int, int]:
-    for i, n in (("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"), ("RANK", "WORLD_SIZE")):
-        if i in os.environ and n in os.environ:
-            return int(os.environ[i]), int(os.environ[n])
-    return 0, 1
-
-
 def cmd_sample(args) -> int:
-    from par.cli import config_from_args
-
-    job = config_from_args(args, SampleJob)
+    job = from_args(SampleJob, args, config_file=args.config)
     if not Path(job.model).exists():
         raise UserError(f"--model {job.model}: checkpoint not found")
     if not Path(job.vq).exists():
         raise UserError(f"--vq {job.vq}: tokenizer checkpoint not found")
-    shard, num = (args.shard, args.num_shards) if args.shard is not None else _env_shard()
+    shard, num = (args.shard, args.num_shards) if args.shard is not None else array_task()
     if not 0 <= shard < num:
         raise UserError(f"--shard {shard} must be in [0, --num-shards {num})")
     run(job, shard, num, args.finalize)
@@ -253,12 +215,10 @@ def cmd_sample(args) -> int:
 
 
 def register(sub):
-    from par.cli import add_config_arguments
-
     p = sub.add_parser("sample", help="sharded class-conditional sampling → ADM npz, grid, sampling.json")
-    add_config_arguments(p, SampleJob)
+    add_arguments(p, SampleJob)
     p.add_argument("--config", help="JSON/YAML file with the fields above")
-    p.add_argument("--shard", type=int, help="this task's index (default: SLURM_ARRAY_TASK_ID or RANK)")
+    p.add_argument("--shard", type=int, help="this task's index (default: from the Slurm array, or RANK)")
     p.add_argument("--num-shards", type=int, default=1, help="number of parallel tasks sharing the shards")
     p.add_argument("--finalize", action="store_true", help="pack the npz/grid/sampling.json once all shards exist")
     p.set_defaults(func=cmd_sample)

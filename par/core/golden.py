@@ -50,7 +50,7 @@ def _equal(name, got, want) -> Check:
 def reference_call_table(order) -> list[list[int]]:
     """[first_input_pos, num_positions, num_idx_tokens, num_logits] per call, in the reference's
     convention: the transition call is handed the n−1 sequential tokens (only the last is embedded)."""
-    from par.order import TOKEN
+    from par.core.order import TOKEN
 
     layout = order.layout
     kind, _ = layout.sources
@@ -64,7 +64,7 @@ def reference_call_table(order) -> list[list[int]]:
 
 
 def check_orders(path: Path) -> list[Check]:
-    from par.order import Order
+    from par.core.order import Order
 
     checks = []
     for e in json.loads(path.read_text())["entries"]:
@@ -85,7 +85,7 @@ def check_orders(path: Path) -> list[Check]:
 
 
 def _load_case(case: Path):
-    from par.model import ModelConfig, Transformer, load_state_dict_strict
+    from par.core.model import ModelConfig, Transformer, load_state_dict_strict
 
     ref = json.loads((case / "config.json").read_text())
     model = Transformer(ModelConfig.from_reference(ref["model_args"], ref.get("family", "PAR")))
@@ -96,7 +96,8 @@ def _load_case(case: Path):
 
 @torch.no_grad()
 def check_gpt_case(case: Path) -> list[Check]:
-    from par.generate import SamplingConfig, generate
+    from par.config import SamplingSettings
+    from par.core.generate import generate
 
     tag = f"gpt/{case.name}"
     try:
@@ -145,7 +146,7 @@ def check_gpt_case(case: Path) -> list[Check]:
             if f"{P}tokens_par" not in g:
                 continue
             run = f"{tag} greedy {P[:-1]}"
-            sc = SamplingConfig(cfg_scale=float(g[f"{P}scale"]), temperature=0.0)
+            sc = SamplingSettings(cfg_scale=float(g[f"{P}scale"]), temperature=0.0)
             toks, lg = generate(model, labels, sc, return_logits=True)
             toks_order = model.order.to_order(toks)
             calls = reference_call_table(model.order)
@@ -173,7 +174,7 @@ def check_gpt_case(case: Path) -> list[Check]:
 
 
 def _manifest_config(name: str, info: dict | None, manifest: dict):
-    from par.model import SIZES, ModelConfig
+    from par.core.model import SIZES, ModelConfig
 
     dim = manifest["tok_embeddings.weight"][1]
     if info is None:  # fall back to the size in the file name, e.g. PAR_GPT-XL_n4
@@ -196,12 +197,12 @@ def check_manifest(path: Path, index: dict) -> list[Check]:
     tag = f"keys/{path.name}"
     info = index.get(name)
     if (info or {}).get("family") == "VQ" or "quantize.embedding.weight" in manifest:
-        from par import tokenizer
+        from par.data import tokenizer
 
         with torch.device("meta"):
             sd = tokenizer.VQModel(tokenizer.VQConfig()).state_dict()
     else:
-        from par.model import Transformer
+        from par.core.model import Transformer
 
         try:
             cfg = _manifest_config(name, info, manifest)
@@ -240,7 +241,7 @@ def run_checks(root: Path) -> list[Check]:
             if path.name != "index.json":
                 checks += check_manifest(path, index)
     for vq_dir in sorted(p for p in root.glob("vq*") if (p / "vq.npz").exists()):
-        from par.tokenizer import golden_checks
+        from par.data.tokenizer import golden_checks
 
         checks += [Check(f"{vq_dir.name} {name}", ok, detail) for name, ok, detail in golden_checks(vq_dir)]
     if not checks:

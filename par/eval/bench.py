@@ -57,9 +57,10 @@ def _machine(device) -> dict:
 def _time_generation(model, batch, preset, device, step_fn) -> float:
     import torch
 
-    from par.generate import SamplingConfig, generate
+    from par.config import SamplingSettings
+    from par.core.generate import generate
 
-    sc = SamplingConfig(cfg_scale=preset.cfg_scale)
+    sc = SamplingSettings(cfg_scale=preset.cfg_scale)
     gen = torch.Generator(device=device).manual_seed(0)
     labels = torch.randint(0, preset.num_classes, (batch,), device=device, generator=gen)
     if device.type == "cuda":
@@ -77,8 +78,8 @@ def _build_variants(preset, device, dtype, compile_):
     memory, not four."""
     import torch
 
-    from par.generate import compile_decode_step
-    from par.model import Transformer, model_config
+    from par.core.generate import compile_decode_step
+    from par.core.model import Transformer, model_config
 
     torch.manual_seed(0)
     models, base = [], None
@@ -102,7 +103,7 @@ def share_backbone(base, cfg, device, dtype):
     drawn fresh. Built on the meta device, so no second backbone is ever allocated."""
     import torch
 
-    from par.model import Transformer
+    from par.core.model import Transformer
 
     with torch.device("meta"):
         model = Transformer(cfg)
@@ -198,7 +199,7 @@ def to_markdown(result: dict) -> str:
     cm = result.get("cost_model") or {}
     if cm:
         lines += ["", "Cost model T = calls·F + C, fitted on raster n=1 and PAR n=16 (equal FLOPs, different call counts; "
-                  "see `par.bench.cost_model`):", "",
+                  "see `par.eval.bench.cost_model`):", "",
                   "| batch | F: s / call | C: compute s / batch | C / F | C / F allowed for ≥ 0.9 at n=16 | "
                   "predicted ÷ ratio, PAR n=4 (measured) |", "|---:|---:|---:|---:|---:|---:|"]
         for batch, m in cm.items():

@@ -14,7 +14,7 @@ conditioning set gives the plain (unconditional) covariance.
 Predictors: ``linear`` = scikit-learn ``Ridge(alpha)`` with an unpenalised intercept, ``mlp`` = a small
 torch MLP, or any callable ``f(X_train, Y_train, X_test, Y_test) -> held-out residuals of Y_test``.
 
-Orders (Fig. 11) come from par.order: ``perm[t]`` is the raster index of the token generated at
+Orders (Fig. 11) come from par.core.order: ``perm[t]`` is the raster index of the token generated at
 position t and ``step_of_token[t]`` its generation step (raster and PAR both generate their first n
 tokens one per step, then n consecutive positions per step). V_seq(k) = every token before k in
 the order; V_par(k) = every token generated in a strictly earlier step. Both are prefixes of the
@@ -34,7 +34,7 @@ import numpy as np
 
 from par.errors import UserError
 from par.io import atomic_path
-from par.order import Order
+from par.core.order import Order
 
 ESTIMATORS = ("linear", "mlp")
 # Ridge penalty (sklearn's scale: added to the Gram diagonal, which is ~ n_train / d for unit-norm tokens).

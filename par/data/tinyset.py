@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from par.config import TinysetSettings, add_arguments, from_args
 from par.errors import UserError
 from par.io import atomic_path, write_json
 
@@ -126,3 +127,18 @@ def load_info(root) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: missing; run `par make-tinyset --out {root}` (to completion)")
     return json.loads(path.read_text())
+
+
+def cmd_make_tinyset(args) -> int:
+    cfg = from_args(TinysetSettings, args)
+    info = make_tinyset(args.out, images_per_class=cfg.images_per_class, size=cfg.size, seed=cfg.seed)
+    print(f"wrote {args.out}: {len(info['classes'])} classes x {info['images_per_class']} images "
+          f"({info['size']}x{info['size']} PNG)")
+    return 0
+
+
+def register(sub):
+    t = sub.add_parser("make-tinyset", help="offline tiny ImageFolder from scikit-image's bundled photos")
+    t.add_argument("--out", required=True, help="output ImageFolder root")
+    add_arguments(t, TinysetSettings)
+    t.set_defaults(func=cmd_make_tinyset)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from par import io
 from par.errors import UserError
-from par.order import CLS, SPE, TOKEN, Order
+from par.core.order import CLS, SPE, TOKEN, Order
 
 
 def find_multiple(n: int, k: int) -> int:

@@ -114,7 +114,7 @@ def read_images(path: str | os.PathLike, max_images: int | None = None) -> np.nd
                 info = next((i for i in zf.infolist() if i.filename == NPZ_KEY + ".npy"), None)
                 keys = [i.filename.removesuffix(".npy") for i in zf.infolist()]
         except zipfile.BadZipFile as e:
-            raise UserError(f"{path}: not a valid .npz ({e}); re-create it with par.imageio.write_adm_npz") from e
+            raise UserError(f"{path}: not a valid .npz ({e}); re-create it with par.data.imageio.write_adm_npz") from e
         if info is None:
             raise UserError(f"{path}: no '{NPZ_KEY}' array (keys: {', '.join(keys) or 'none'}); "
                             f"an ADM sample file stores the images under '{NPZ_KEY}'")

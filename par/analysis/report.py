@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 from par import io
-from par.tables import load_config, model_row
+from par.analysis.tables import model_row
+from par.config import load_config
 
 
 def git_commit() -> str:

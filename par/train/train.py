@@ -1,7 +1,7 @@
 """`par train`: one training entry point for every size × order × n × ablation (paper §4 recipe).
 
 Single process, multi-process DDP on one node and multi-node DDP share this loop; the cluster launch
-(submitit, requeue on timeout/preemption, re-attach) lives in `par/launch.py`.
+(submitit, requeue on timeout/preemption, re-attach) and the `par train` command live in `par/train/launch.py`.
 
 Exact resumption is designed in, not bolted on: the global batch of step s (which images, which of
 the ten crops) is a pure function of (seed, s), independent of the world size, and every rank's RNG
@@ -25,52 +25,22 @@ import torch
 import torch.distributed as dist
 
 from par import io
-from par.cli import add_config_arguments, config_from_args
+from par.config import TrainJob, TrainSettings
+from par.core.model import ModelConfig, Transformer, model_config
 from par.errors import UserError
-from par.model import ModelConfig, Transformer, model_config
 
 # Peak dense bf16 tensor-core FLOP/s, for MFU.
 PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
 
 
-@dataclass
-class TrainConfig:
-    REQUIRED = ("data", "out")
-    data: str = ""  # directory written by `par tokenize` (shards + manifest.json)
-    out: str = ""  # run directory: ckpt.pt (resumable), model.pt (final), log.jsonl
-    size: str = "GPT-L"
-    order: str = "par"  # "par" | "raster"
-    n: int = 4
-    initial_sequential: bool = True
-    group_attention: str = "full"
-    regions: int = 0  # PAR permutation regions if ≠ n (Table 3(d) "distant one": regions=4, n=1)
-    dropout: float = 0.1  # token, residual and FFN dropout
-    class_dropout: float = 0.1
-    global_batch: int = 256
-    lr: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    epochs: float = 300.0
-    max_steps: int = 0  # > 0 overrides epochs
-    schedule: str = "cosine"  # "cosine" (paper table: warm-up then cosine to 0) | "constant" (released code)
-    warmup_epochs: float = 15.0
-    precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU) | "fp32" | "bf16"
-    compile: bool = False
-    ema: bool = False  # keep an exponential moving average of the weights (reference --ema; off there too)
-    ema_decay: float = 0.9999
-    ckpt_every: int = 5000
-    log_every: int = 50
-    seed: int = 0
-
-    def model_config(self, grid, vocab_size, num_classes) -> ModelConfig:
-        return model_config(
-            self.size, grid=tuple(grid), order=self.order, n=self.n, initial_sequential=self.initial_sequential,
-            group_attention=self.group_attention, regions=self.regions, vocab_size=vocab_size, num_classes=num_classes,
-            token_dropout_p=self.dropout, resid_dropout_p=self.dropout, ffn_dropout_p=self.dropout,
-            class_dropout_prob=self.class_dropout,
-        )
+def build_model_config(cfg: TrainSettings, grid, vocab_size: int, num_classes: int) -> ModelConfig:
+    """The network of a training run: its model settings plus what the token data fixes (grid, vocabulary, classes)."""
+    return model_config(
+        cfg.size, grid=tuple(grid), order=cfg.order, n=cfg.n, initial_sequential=cfg.initial_sequential,
+        group_attention=cfg.group_attention, regions=cfg.regions, vocab_size=vocab_size, num_classes=num_classes,
+        token_dropout_p=cfg.dropout, resid_dropout_p=cfg.dropout, ffn_dropout_p=cfg.dropout,
+        class_dropout_prob=cfg.class_dropout,
+    )
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -88,7 +58,7 @@ class TokenArrays:
 
     @classmethod
     def load(cls, data_dir: str | Path) -> "TokenArrays":
-        from par.data import load_token_arrays
+        from par.data.tokenize import load_token_arrays
 
         codes, labels, manifest = load_token_arrays(data_dir)
         return cls(torch.from_numpy(codes), torch.from_numpy(labels), tuple(manifest["grid"]),
@@ -111,7 +81,7 @@ class TokenArrays:
 # -- optimisation ----------------------------------------------------------------------------------
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainSettings, device) -> torch.optim.AdamW:
     """AdamW; weight decay on every ≥ 2-D tensor (linears, embeddings incl. spe/class tables), none on norms."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -128,7 +98,7 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_add_(e, [p.detach() for p in model.parameters()], alpha=1 - decay)
 
 
-def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainSettings) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule != "cosine":
@@ -224,7 +194,7 @@ def _truncate_log(path: Path, step: int):
         io.write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainJob) -> Path:
     """Train (or resume) the run in `cfg.out`; returns the path of the final model file."""
     rank, world, local_rank = dist_setup()
     out = Path(cfg.out)
@@ -245,7 +215,7 @@ def train(cfg: TrainConfig) -> Path:
         raise UserError(f"{cfg.data}: {data.codes.shape[0]} images < global_batch={cfg.global_batch}; lower the batch")
     total = cfg.max_steps or int(cfg.epochs * per_epoch)
 
-    mcfg = cfg.model_config(data.grid, data.vocab_size, data.num_classes)
+    mcfg = build_model_config(cfg, data.grid, data.vocab_size, data.num_classes)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = Transformer(mcfg).to(device)
     opt = make_optimizer(model, cfg, device)
@@ -340,45 +310,3 @@ def train(cfg: TrainConfig) -> Path:
     if world > 1:
         dist.barrier()
     return final
-
-
-# -- CLI -------------------------------------------------------------------------------------------
-
-
-def slurm_available() -> bool:
-    """A Slurm controller answers (not merely: the client tools are installed)."""
-    import shutil
-    import subprocess
-
-    if not shutil.which("sinfo"):
-        return False
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def cmd_train(args) -> int:
-    cfg = config_from_args(args, TrainConfig)
-    if args.launcher == "auto":
-        args.launcher = "slurm" if slurm_available() else "inprocess"
-    if args.launcher == "inprocess":
-        print(train(cfg))
-        return 0
-    from par.launch import ClusterConfig, run_training
-
-    print(run_training(cfg, ClusterConfig.from_args(args), launcher=args.launcher))
-    return 0
-
-
-def register(sub):
-    p = sub.add_parser("train", help="train a PAR / LlamaGen model (in-process, local DDP or Slurm via submitit)")
-    p.add_argument("--config", help="JSON/YAML file with training fields (flags override it)")
-    add_config_arguments(p, TrainConfig)
-    p.add_argument("--launcher", choices=["auto", "inprocess", "local", "slurm"], default="inprocess",
-                   help="inprocess: this process (torchrun-compatible); local/slurm: submitit executors; "
-                        "auto: slurm if a Slurm controller answers, else inprocess")
-    from par.launch import add_cluster_arguments
-
-    add_cluster_arguments(p)
-    p.set_defaults(func=cmd_train)

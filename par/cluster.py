@@ -1,0 +1,44 @@
+"""Where this process sits among parallel workers, and whether a Slurm cluster answers.
+
+One implementation, used by every stage that splits work into shards (tokenize, sample).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+from par.errors import UserError
+
+
+def array_task(environ=None) -> tuple[int, int]:
+    """(index, count) of this worker: a Slurm job array, else torchrun's RANK / WORLD_SIZE, else (0, 1).
+
+    A Slurm array need not start at 0 (`--array=1-8`) nor step by 1 (`--array=0-15:2`): the index is
+    (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP, so the tasks cover 0..count−1 exactly.
+    """
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" in env:
+        task = int(env["SLURM_ARRAY_TASK_ID"])
+        lo = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
+        hi = int(env.get("SLURM_ARRAY_TASK_MAX", task))
+        count = int(env.get("SLURM_ARRAY_TASK_COUNT", (hi - lo) // step + 1))
+        index = (task - lo) // step
+        if (task - lo) % step or not 0 <= index < count:
+            raise UserError(f"Slurm array task {task} does not fit the array {lo}-{hi}:{step} of {count} tasks")
+        return index, count
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    return 0, 1
+
+
+def slurm_available() -> bool:
+    """A Slurm controller answers (not merely: the client tools are installed)."""
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False

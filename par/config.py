@@ -1,0 +1,650 @@
+"""Every setting of the pipeline, defined once — type, default and a one-line help — and torch-free.
+
+One dataclass per settings group. From these definitions, and nowhere else, come:
+
+* the `par <command>` flags, with help and defaults shown (`add_arguments`, `from_args`);
+* the check of every preset in config.yaml, which names the bad key's path and the closest known key
+  (`check`, used by the Snakefile, by `par tables/report/plan --config` and by `--config` files);
+* the flags each Snakemake rule passes to its command (`par.workflow`);
+* the JSON schema `workflow/schemas/config.schema.yaml` (`schema`; `par config schema` writes it, a test keeps it equal).
+
+Adding a knob: add one field here (and use it where it acts). Nothing else needs editing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from par.errors import UserError
+
+
+def knob(default: Any = MISSING, help: str = "", *, factory=MISSING, choices: tuple | None = None,
+         minimum: float | None = None, maximum: float | None = None, required: bool = False):
+    """A settings field: default (or factory), one-line help, and the checks the schema and the CLI share."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "required": required}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ================================================================================================ model (§3.3)
+
+@dataclass(kw_only=True)
+class ModelSettings:
+    """What defines a PAR / LlamaGen model besides the data it is trained on."""
+
+    size: str = knob("GPT-L", "model size preset: GPT-B/L/XL/XXL/3B (paper) or tiny-S/M/L (CPU presets)")
+    order: str = knob("par", "token order: raster, or PAR's distant regions (§3.2)", choices=("par", "raster"))
+    n: int = knob(4, "tokens generated per step, n = M² (1 = plain next-token AR)", minimum=1)
+    initial_sequential: bool = knob(True, "generate the first token of every region one by one first (Table 3(a))")
+    group_attention: str = knob("full", "attention inside a parallel group (Table 3(c) ablation: causal)",
+                                choices=("full", "causal"))
+    regions: int = knob(0, "regions of the PAR permutation when ≠ n (Table 3(d) 'distant one': regions=4, n=1)",
+                        minimum=0)
+
+
+# ================================================================================================ training (§4)
+
+@dataclass(kw_only=True)
+class TrainSettings(ModelSettings):
+    """The training recipe (paper §4 and the reference's train_c2i.py)."""
+
+    dropout: float = knob(0.1, "token, residual and FFN dropout", minimum=0, maximum=1)
+    class_dropout: float = knob(0.1, "class-label dropout (trains the unconditional branch for CFG)", minimum=0,
+                                maximum=1)
+    global_batch: int = knob(256, "images per optimizer step, summed over all ranks", minimum=1)
+    lr: float = knob(1e-4, "peak AdamW learning rate", minimum=0)
+    beta1: float = knob(0.9, "AdamW β1", minimum=0, maximum=1)
+    beta2: float = knob(0.95, "AdamW β2", minimum=0, maximum=1)
+    weight_decay: float = knob(0.05, "AdamW weight decay on ≥ 2-D tensors", minimum=0)
+    grad_clip: float = knob(1.0, "gradient-norm clip", minimum=0)
+    epochs: float = knob(300.0, "training length in epochs (ignored when max_steps > 0)", minimum=0)
+    max_steps: int = knob(0, "training length in steps; > 0 overrides epochs", minimum=0)
+    schedule: str = knob("cosine", "LR schedule: cosine (paper table: warm-up then cosine to 0) or constant "
+                         "(released code)", choices=("cosine", "constant"))
+    warmup_epochs: float = knob(15.0, "linear warm-up length in epochs (cosine schedule)", minimum=0)
+    precision: str = knob("auto", "auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16",
+                          choices=("auto", "fp32", "bf16"))
+    compile: bool = knob(False, "torch.compile the training step")
+    ema: bool = knob(False, "keep an fp32 exponential moving average of the weights (reference --ema)")
+    ema_decay: float = knob(0.9999, "EMA decay per optimizer step", minimum=0, maximum=1)
+    ckpt_every: int = knob(5000, "steps between resumable checkpoints (ckpt.pt)", minimum=1)
+    log_every: int = knob(50, "steps between log.jsonl records", minimum=1)
+    seed: int = knob(0, "seed of the initial weights, the batch order and the crops")
+    launcher: str = knob("inprocess", "inprocess: this process (torchrun-compatible); local/slurm: submitit; "
+                         "auto: slurm if a Slurm controller answers, else inprocess",
+                         choices=("auto", "inprocess", "local", "slurm"))
+
+
+@dataclass(kw_only=True)
+class TrainJob(TrainSettings):
+    """One `par train` run: the recipe plus where it reads and writes."""
+
+    data: str = knob("", "token directory written by `par tokenize` (shards + manifest.json)", required=True)
+    out: str = knob("", "run directory: ckpt.pt (resumable), model.pt (final), log.jsonl", required=True)
+
+
+@dataclass(kw_only=True)
+class ClusterSettings:
+    """Where `par train --launcher local|slurm` runs (submitit parameters)."""
+
+    nodes: int = knob(1, "nodes", minimum=1)
+    gpus_per_node: int = knob(0, "GPUs per node", minimum=0)
+    tasks_per_node: int = knob(0, "tasks per node; 0 → one per GPU (at least 1)", minimum=0)
+    cpus_per_task: int = knob(4, "CPUs per task", minimum=1)
+    mem_gb: int = knob(0, "memory per node in GB; 0 → the partition's default", minimum=0)
+    partition: str = knob("", "Slurm partition")
+    account: str = knob("", "Slurm account")
+    qos: str = knob("", "Slurm QoS")
+    constraint: str = knob("", "Slurm node features, e.g. a100")
+    time_min: int = knob(24 * 60, "time limit per job in minutes (the run requeues across limits)", minimum=1)
+    max_requeues: int = knob(200, "requeues on timeout or preemption before giving up", minimum=0)
+    signal_delay_s: int = knob(90, "seconds between Slurm's USR2 and the kill (time for a checkpoint)", minimum=0)
+    poll_s: float = knob(10.0, "seconds between queue polls while waiting for the job", minimum=0)
+
+    @property
+    def ntasks(self) -> int:
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+
+# ================================================================================================ sampling (Fig. 4)
+
+@dataclass(kw_only=True)
+class SamplingSettings:
+    """How tokens are drawn from the logits (the decoder of Fig. 4)."""
+
+    cfg_scale: float = knob(1.0, "classifier-free guidance scale; 1 = no guidance", minimum=0)
+    cfg_interval: int = knob(-1, "guidance only while the reference's call counter ≤ this; −1 = at every call",
+                             minimum=-1)
+    temperature: float = knob(1.0, "softmax temperature; 0 = greedy (argmax)", minimum=0)
+    top_k: int = knob(0, "keep the k most likely tokens; 0 = off", minimum=0)
+    top_p: float = knob(1.0, "nucleus sampling mass; 1 = off", minimum=0, maximum=1)
+
+
+@dataclass(kw_only=True)
+class SampleSettings(SamplingSettings):
+    """An evaluation sampling run (paper §5: 50k class-conditional samples)."""
+
+    num_samples: int = knob(50_000, "number of samples (random labels)", minimum=1)
+    shard_size: int = knob(1000, "samples per shard (the unit of restart and parallelism)", minimum=1)
+    batch_size: int = knob(32, "images per forward batch", minimum=1)
+    seed: int = knob(0, "global seed; shard k uses (seed, k), so results do not depend on the number of tasks")
+    image_size: int = knob(256, "output image side (bicubic resize of the VQ decode)", minimum=8)
+    weights: str = knob("model", "which weights to sample: model, or ema (a run trained with ema)",
+                        choices=("model", "ema"))
+    compile: bool = knob(False, "torch.compile the decode step over a static KV cache (CUDA graphs on GPU)")
+
+
+@dataclass(kw_only=True)
+class SampleJob(SampleSettings):
+    """One `par sample` folder: the settings plus inputs, output and device."""
+
+    model: str = knob("", "checkpoint: ours (carries its config) or a released one (then set size/order/n)",
+                      required=True)
+    vq: str = knob("", "VQ tokenizer checkpoint", required=True)
+    out: str = knob("", "output folder: shards/, samples.npz, grid.png, sampling.json", required=True)
+    device: str = knob("auto", "auto (cuda if available), cpu, cuda or cuda:N")
+    dtype: str = knob("auto", "auto (bf16 on GPU as the reference sampler, fp32 on CPU), bf16 or fp32",
+                      choices=("auto", "bf16", "fp32"))
+    size: str = knob("", "released checkpoints only (they carry no config): model size, e.g. GPT-3B")
+    order: str = knob("par", "released checkpoints only: token order", choices=("par", "raster"))
+    n: int = knob(4, "released checkpoints only: tokens per step", minimum=1)
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.shard_size)
+
+
+# ================================================================================================ data and tokenizer
+
+@dataclass(kw_only=True)
+class TinysetSettings:
+    """The offline tiny image set (crops of scikit-image's bundled photos)."""
+
+    images_per_class: int = knob(400, "images per class", minimum=1)
+    size: int = knob(64, "image side in pixels", minimum=8)
+    seed: int = knob(0, "seed of the crops and augmentations")
+
+
+@dataclass(kw_only=True)
+class DataSettings:
+    """Where a preset's images come from, and the real images FID is measured against."""
+
+    source: str = knob("tinyset", "tinyset (generated offline) or imagefolder (your images)",
+                       choices=("tinyset", "imagefolder"))
+    images: str = knob("", "ImageFolder root (one sub-folder per class) when source is imagefolder")
+    tinyset: TinysetSettings = knob(factory=TinysetSettings, help="the tiny set's generator settings")
+    reference_seed: int = knob(1, "seed of a second, disjoint tinyset draw: held-out real images for FID")
+    reference_images: int = knob(0, "real images packed into the FID reference (0 = all)", minimum=0)
+    reference_stats: str = knob("", "precomputed FID reference statistics (ADM npz with mu/sigma)")
+    reference_stats_url: str = knob("", "download URL of the reference statistics (fetched once by `par fetch`)")
+    reference_stats_sha256: str = knob("", "expected sha256 of the downloaded reference statistics")
+
+
+@dataclass(kw_only=True)
+class VQTrainSettings:
+    """A small VQ tokenizer trained from scratch (the CPU presets' stand-in for LlamaGen's VQ-16)."""
+
+    image_size: int = knob(48, "the tokenizer's input size downstream (held-out metrics use it)", minimum=8)
+    train_crop: int = knob(0, "random crop side for training; 0 → image_size (the net is convolutional)",
+                           minimum=0)
+    ch: int = knob(32, "base channel width", minimum=1)
+    ch_mult: str = knob("1,2,2", "channel multiplier per level; downsampling = 2^(levels − 1)")
+    z_channels: int = knob(32, "latent channels before the quantizer", minimum=1)
+    res_blocks: int = knob(1, "ResBlocks per level, encoder and decoder (VQ-16 uses 2 / 3)", minimum=1)
+    codebook_size: int = knob(512, "codebook entries (the GPT's vocabulary)", minimum=2)
+    codebook_embed_dim: int = knob(8, "codebook vector dimension", minimum=1)
+    steps: int = knob(300, "optimizer steps", minimum=1)
+    batch_size: int = knob(32, "images per step", minimum=1)
+    lr: float = knob(1e-3, "Adam learning rate", minimum=0)
+    restart_every: int = knob(10, "replace codes unused in the last window by encoder outputs; 0 = off", minimum=0)
+    heldout: int = knob(128, "images kept out of training for the metrics", minimum=1)
+    rfid_images: int = knob(0, "> 0: also rFID on that many held-out images (Inception on CPU is slow)", minimum=0)
+    seed: int = knob(0, "seed of the split, the initial weights and the batches")
+
+
+@dataclass(kw_only=True)
+class VQTrainJob(VQTrainSettings):
+    """One `par train-vq` run."""
+
+    images: str = knob("", "ImageFolder root", required=True)
+    out: str = knob("", "output folder: vq.pt, vq_metrics.json", required=True)
+
+
+@dataclass(kw_only=True)
+class TokenizerSettings:
+    """The preset's VQ tokenizer: a local file, a release to download, or one trained by `par train-vq`."""
+
+    checkpoint: str = knob("", "a local VQ checkpoint (skips training and download)")
+    url: str = knob("", "download URL of a released tokenizer (fetched once by `par fetch`)")
+    sha256: str = knob("", "expected sha256 of the downloaded tokenizer")
+    train: VQTrainSettings = knob(factory=VQTrainSettings, help="settings of `par train-vq` when neither is given")
+
+
+@dataclass(kw_only=True)
+class TokenizeSettings:
+    """Ten-crop pre-tokenization (LlamaGen extract_codes_c2i.py --ten-crop, spec §8.1)."""
+
+    image_size: int = knob(384, "crop side fed to the VQ", minimum=8)
+    crop_range: float = knob(1.1, "ADM centre crop to int(image_size · crop_range) before the ten crops", minimum=1)
+    shard_size: int = knob(1000, "images per shard", minimum=1)
+    batch_size: int = knob(4, "images per VQ batch (× 10 crops)", minimum=1)
+
+
+@dataclass(kw_only=True)
+class TokenizeJob(TokenizeSettings):
+    """One `par tokenize` process (one slot of a Slurm array, or the whole job)."""
+
+    images: str = knob("", "ImageFolder root (one sub-folder per class, sorted → labels 0..C−1)")
+    vq: str = knob("", "VQ checkpoint (LlamaGen vq_ds16_c2i.pt, or one written by `par train-vq`)")
+    out: str = knob("", "output folder: shard-*.npz, manifest.json", required=True)
+    device: str = knob("", "cpu, cuda or cuda:N (default: cuda if available)")
+    workers: int = knob(-1, "image-decoding worker processes; −1 → min(8, cpus − 1)", minimum=-1)
+
+
+@dataclass(kw_only=True)
+class TokenizeStage(TokenizeSettings):
+    """The preset's tokenize section: the settings, and how many cluster tasks share the work."""
+
+    array_tasks: int = knob(1, "parallel tokenization tasks on a cluster (a Slurm array)", minimum=1)
+
+
+# ================================================================================================ evaluation and §8
+
+@dataclass(kw_only=True)
+class EvaluateSettings:
+    """Sample-quality metrics (torch-fidelity, offline FID Inception)."""
+
+    metrics: str = knob("fid,kid,prc,isc", "comma list of fid, isc, kid, prc")
+    batch_size: int = knob(64, "images per Inception batch", minimum=1)
+
+
+@dataclass(kw_only=True)
+class EntropySettings:
+    """The conditional-entropy analysis of §8 (Fig. 9 maps and the Fig. 11 entropy increase)."""
+
+    num_images: int = knob(1000, "images whose tokens are analysed", minimum=10)
+    references: list[list[int]] = knob(factory=lambda: [[0, 0]], help="reference cells [row, col] of the maps")
+    n: int = knob(4, "tokens per parallel step for the entropy increase", minimum=1)
+    estimator: str = knob("linear", "predictor f_θ of the residuals: linear (ridge) or mlp", choices=("linear", "mlp"))
+    alpha: float = knob(1e-3, "ridge penalty of the linear estimator", minimum=0)
+
+
+# ================================================================================================ workflow
+
+@dataclass(kw_only=True)
+class Resources:
+    """What one job of a stage asks the scheduler for."""
+
+    nodes: int = knob(1, "nodes (training only)", minimum=1)
+    gpus: int = knob(0, "GPUs per node", minimum=0)
+    cpus: int = knob(1, "CPUs per task", minimum=1)
+    mem_mb: int = knob(2000, "memory in MB", minimum=100)
+    runtime: int = knob(30, "time limit in minutes", minimum=1)
+    partition: str = knob("", "Slurm partition")
+    account: str = knob("", "Slurm account")
+    qos: str = knob("", "Slurm QoS")
+    constraint: str = knob("", "Slurm node features, e.g. a100")
+
+    def snakemake(self) -> dict:
+        """Snakemake resources, named as snakemake-executor-plugin-slurm reads them."""
+        out = {"mem_mb": self.mem_mb, "runtime": self.runtime, "cpus_per_task": self.cpus}
+        if self.gpus:
+            out["gpu"] = self.gpus
+        for key, name in (("partition", "slurm_partition"), ("account", "slurm_account"), ("qos", "qos"),
+                          ("constraint", "constraint")):
+            if getattr(self, key):
+                out[name] = getattr(self, key)
+        return out
+
+    def cluster(self) -> dict:
+        """The same request as `par train` cluster settings (submitit)."""
+        out = {"nodes": self.nodes, "gpus_per_node": self.gpus, "cpus_per_task": self.cpus,
+               "time_min": self.runtime, "mem_gb": self.mem_mb // 1000}
+        return out | {k: getattr(self, k) for k in ("partition", "account", "qos", "constraint") if getattr(self, k)}
+
+
+@dataclass(kw_only=True)
+class ModelEntryExtras:
+    """Keys a model entry has besides its train and sample settings."""
+
+    checkpoint: str = knob("", "released weights: this model is not trained")
+    resources: str = knob("train", "name of the resources entry of its training job")
+
+
+def _model_entry_class():
+    """A model entry takes any train or sample setting (it overrides the preset's sections for this model)."""
+    seen, fields = set(), []
+    for cls in (TrainSettings, SampleSettings, ModelEntryExtras):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in seen and f.name != "launcher":
+                seen.add(f.name)
+                meta = dict(f.metadata) | {"required": f.name in ("size", "order", "n")}
+                fields.append((f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory,
+                                                     metadata=meta)))
+    return dataclasses.make_dataclass("ModelEntry", fields, kw_only=True, namespace={
+        "__doc__": "One model of a preset: its train and sample settings.", "__module__": __name__})
+
+
+ModelEntry = _model_entry_class()
+
+
+@dataclass(kw_only=True)
+class Preset:
+    """A complete experiment family: data, tokenizer, models, and how each stage runs."""
+
+    data: DataSettings = knob(factory=DataSettings, help="images and FID reference")
+    tokenizer: TokenizerSettings = knob(factory=TokenizerSettings, help="the VQ tokenizer")
+    tokenize: TokenizeStage = knob(factory=TokenizeStage, help="ten-crop pre-tokenization")
+    train: TrainSettings = knob(factory=TrainSettings, help="training settings shared by every model")
+    models: dict[str, ModelEntry] = knob(factory=dict, help="model name → its settings", required=True)
+    sample: SampleSettings = knob(factory=SampleSettings, help="sampling settings shared by every model")
+    evaluate: EvaluateSettings = knob(factory=EvaluateSettings, help="sample-quality metrics")
+    entropy: EntropySettings = knob(factory=EntropySettings, help="§8 entropy analysis")
+    resources: dict[str, Resources] = knob(factory=lambda: {"default": Resources()},
+                                           help="stage name → scheduler request; `default` applies to every stage")
+
+    def resources_for(self, stage: str) -> Resources:
+        """`resources.<stage>` over `resources.default`, key by key as they are written in the file."""
+        raw = getattr(self, "_written_resources", None) or {k: dataclasses.asdict(v) for k, v in self.resources.items()}
+        return Resources(**(raw.get("default", {}) | raw.get(stage, {})))
+
+
+@dataclass(kw_only=True)
+class WorkflowConfig:
+    """config.yaml: the active preset, the presets, and which models fill which table."""
+
+    preset: str = knob("tiny", "name of the active preset under `presets`")
+    results: str = knob("results", "intermediate files: <results>/<preset>/…")
+    analysis: str = knob("analysis", "tables, figures and the report (what people read)")
+    presets: dict[str, Preset] = knob(factory=dict, help="preset name → preset", required=True)
+    tables: dict[str, dict[str, list[str]]] = knob(factory=dict, required=True,
+                                                   help="table → row label → candidate models (first present wins)")
+
+
+# ================================================================================================ checking
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _closest(key: str, options) -> str:
+    near = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f"did you mean {near[0]}?" if near else f"known keys: {', '.join(sorted(options))}"
+
+
+def _check_value(typ, value, where: str):
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        return check(typ, value, where)
+    if origin is dict:
+        key_t, val_t = typing.get_args(typ)
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {k: _check_value(val_t, v, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        (item_t,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_check_value(item_t, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif typ is str:
+        ok = isinstance(value, str)
+    else:
+        raise TypeError(f"{where}: settings type {typ} is not supported")
+    if not ok:
+        raise UserError(f"{where}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_limits(f: dataclasses.Field, value, where: str) -> None:
+    m = f.metadata
+    if m.get("choices") and value not in m["choices"]:
+        raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, m['choices']))}")
+    if m.get("minimum") is not None and value < m["minimum"]:
+        raise UserError(f"{where}: {value!r} is below the minimum {m['minimum']}")
+    if m.get("maximum") is not None and value > m["maximum"]:
+        raise UserError(f"{where}: {value!r} is above the maximum {m['maximum']}")
+
+
+def check(cls, data, where: str):
+    """`data` (a mapping from YAML/JSON) as a `cls` instance. Unknown keys, wrong types, values outside their
+    limits and missing required keys fail with one line naming the key's path, e.g.
+    ``presets.tiny.train.lrr: unknown; did you mean lr?``."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping of {cls.__name__} settings, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    values = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise UserError(f"{path}: unknown; {_closest(str(key), fields)}")
+        values[key] = _check_value(hints[key], value, path)
+        if not dataclasses.is_dataclass(hints[key]) and typing.get_origin(hints[key]) is None:
+            _check_limits(fields[key], values[key], path)
+    for name, f in fields.items():
+        if f.metadata.get("required") and name not in data:
+            raise UserError(f"{where + '.' if where else ''}{name}: required")
+    obj = cls(**values)
+    if cls is Preset:
+        obj._written_resources = data.get("resources", {"default": {}})
+        if "default" not in obj.resources:
+            raise UserError(f"{where}.resources.default: required (the scheduler request of every stage)")
+    return obj
+
+
+def check_workflow_config(config: dict, where: str = "config") -> WorkflowConfig:
+    """The whole config.yaml, checked; also that the active preset exists and every table names known models."""
+    cfg = check(WorkflowConfig, config, "")
+    if cfg.preset not in cfg.presets:
+        raise UserError(f"preset: {cfg.preset!r} is not defined under presets ({', '.join(sorted(cfg.presets))})")
+    return cfg
+
+
+def required_missing(obj) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj) if f.metadata.get("required") and not getattr(obj, f.name)]
+
+
+def load_file(path: str | Path) -> dict:
+    """A YAML or JSON settings file as a mapping; a missing or unreadable file is one clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else __import__("yaml").safe_load(text)
+    except Exception as e:  # noqa: BLE001 — yaml and json raise their own error classes
+        raise UserError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({e})") from None
+    return data if data is not None else {}
+
+
+def load_config(config_path: str | Path, preset: str) -> tuple[dict, dict]:
+    """config.yaml checked as a whole (as the Snakefile checks it), and its `preset` section, as mappings
+    (`par tables/report/plan --config … --preset …`)."""
+    raw = load_file(config_path)
+    try:
+        check_workflow_config({**raw, "preset": preset} if isinstance(raw, dict) else raw)
+    except UserError as e:
+        raise UserError(f"{config_path}: {e}") from None
+    return raw, raw["presets"][preset]
+
+
+# ================================================================================================ command line
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    import argparse
+
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_arguments(parser, cls, *, group: str | None = None, dest_prefix: str = "") -> None:
+    """One `--flag` per field of `cls`, with its help, choices and default (argparse default None, so a
+    `--config` file can supply what the command line does not)."""
+    target = parser.add_argument_group(group) if group else parser
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ) or typing.get_origin(typ) is not None:
+            continue  # nested groups and lists are config-file only
+        default = f.default if f.default is not MISSING else "required"
+        if f.metadata.get("required"):
+            default = "required"
+        text = f"{f.metadata.get('help', '')} (default: {default})"
+        kwargs = dict(dest=dest_prefix + f.name, default=None, help=text.replace("%", "%%"))
+        if typ is bool:
+            kwargs.update(type=_parse_bool, metavar="BOOL")
+        else:
+            kwargs.update(type=typ, metavar=typ.__name__.upper())
+        if f.metadata.get("choices"):
+            kwargs.update(choices=f.metadata["choices"], metavar=None)
+        target.add_argument(_flag(f.name), **kwargs)
+
+
+def from_args(cls, args, *, dest_prefix: str = "", config_file: str | None = None):
+    """The `cls` settings of a command: its `--config` file (checked like a preset section), then the flags
+    given on the command line over it. Required fields that are still empty are one clear error."""
+    data = {}
+    if config_file:
+        data = load_file(config_file)
+        check(cls, data, str(config_file))
+    for f in dataclasses.fields(cls):
+        v = getattr(args, dest_prefix + f.name, None)
+        if v is not None:
+            data[f.name] = v
+    obj = check(cls, data, config_file or "command line")
+    missing = required_missing(obj)
+    if missing:
+        raise UserError(f"{_flag(missing[0])} is required (or set '{missing[0]}' in --config)")
+    return obj
+
+
+def flags(cls, *layers: dict) -> list[str]:
+    """`--key value` arguments for the fields of `cls` found in `layers` (later layers win), sorted."""
+    merged = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if k in {f.name for f in dataclasses.fields(cls)}})
+    out = []
+    for key in sorted(merged):
+        v = merged[key]
+        out += [_flag(key), ("true" if v else "false") if isinstance(v, bool) else str(v)]
+    return out
+
+
+# ================================================================================================ JSON schema
+
+def _type_schema(typ) -> dict:
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        return {"$ref": f"#/$defs/{typ.__name__}"}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _type_schema(typing.get_args(typ)[1])}
+    if origin is list:
+        return {"type": "array", "items": _type_schema(typing.get_args(typ)[0])}
+    return {"type": {bool: "boolean", int: "integer", float: "number", str: "string"}[typ]}
+
+
+def _class_schema(cls, defs: dict) -> None:
+    if cls.__name__ in defs:
+        return
+    hints = _hints(cls)
+    props, required = {}, []
+    defs[cls.__name__] = {}  # reserve (recursion)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        s = _type_schema(typ)
+        for inner in (typ, *typing.get_args(typ), *(a for t in typing.get_args(typ) for a in typing.get_args(t))):
+            if dataclasses.is_dataclass(inner):
+                _class_schema(inner, defs)
+        m = f.metadata
+        if "$ref" in s:
+            s = {"allOf": [s]}
+        s["description"] = m.get("help", "")
+        if m.get("choices"):
+            s["enum"] = list(m["choices"])
+        if m.get("minimum") is not None:
+            s["minimum"] = m["minimum"]
+        if m.get("maximum") is not None:
+            s["maximum"] = m["maximum"]
+        if f.default is not MISSING and isinstance(f.default, (bool, int, float, str)):
+            s["default"] = f.default
+        if m.get("required"):
+            required.append(f.name)
+        props[f.name] = s
+    defs[cls.__name__] = {"type": "object", "description": (cls.__doc__ or "").strip().splitlines()[0],
+                          "additionalProperties": False, "properties": props,
+                          **({"required": required} if required else {})}
+
+
+def schema() -> dict:
+    """JSON schema of config.yaml, derived from the dataclasses above."""
+    defs: dict = {}
+    _class_schema(WorkflowConfig, defs)
+    top = defs.pop("WorkflowConfig")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "description": "PAR workflow configuration. GENERATED from par/config.py by `par config schema`; "
+                           "do not edit.", **{k: v for k, v in top.items() if k != "description"},
+            "$defs": dict(sorted(defs.items()))}
+
+
+def schema_yaml() -> str:
+    import yaml
+
+    return yaml.safe_dump(schema(), sort_keys=False, allow_unicode=True, width=120)
+
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+# ================================================================================================ `par config`
+
+def _cmd_config(args) -> int:
+    if args.action == "schema":
+        text = schema_yaml()
+        if args.check:
+            if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != text:
+                raise UserError(f"{SCHEMA_PATH}: out of date with par/config.py; run `par config schema --write`")
+            print(f"{SCHEMA_PATH}: up to date")
+        elif args.write:
+            from par.io import write_text
+
+            write_text(SCHEMA_PATH, text)
+            print(f"wrote {SCHEMA_PATH}")
+        else:
+            print(text, end="")
+    else:
+        cfg = check_workflow_config(load_file(args.file))
+        print(f"{args.file}: ok ({len(cfg.presets)} presets, active: {cfg.preset})")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("config", help="the settings: print the config schema, or check a config file")
+    p.add_argument("action", choices=("schema", "check"), help="schema: the JSON schema of config.yaml; "
+                   "check: check a config file")
+    p.add_argument("file", nargs="?", default="config.yaml", help="config file to check (default: config.yaml)")
+    p.add_argument("--write", action="store_true", help=f"schema: write it to {SCHEMA_PATH.name}")
+    p.add_argument("--check", action="store_true", help="schema: fail if the committed schema is out of date")
+    p.set_defaults(func=_cmd_config)
