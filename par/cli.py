@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from par.errors import UserError
+from par.errors import EXIT_ENVIRONMENT, EXIT_USER, EnvironmentFault, UserError, as_environment_fault
 
 # command → (module, one-line help)
 COMMANDS = {
@@ -65,4 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"par {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER
+    except (EnvironmentFault, OSError, MemoryError, RuntimeError) as e:  # torch's OOM is a RuntimeError
+        fault = as_environment_fault(e)  # None: not the environment's fault, so a bug: keep the traceback
+        if fault is None:
+            raise
+        print(f"par {args.command}: error: {fault}", file=sys.stderr)
+        return EXIT_ENVIRONMENT

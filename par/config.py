@@ -91,7 +91,21 @@ class TrainJob(TrainSettings):
 
 
 @dataclass(kw_only=True)
-class ClusterSettings:
+class SlurmPlacement:
+    """Which part of a Slurm cluster a job may run on (empty: the cluster's default)."""
+
+    partition: str = knob("", "Slurm partition")
+    account: str = knob("", "Slurm account")
+    qos: str = knob("", "Slurm QoS")
+    constraint: str = knob("", "Slurm node features, e.g. a100")
+
+    def placement(self) -> dict:
+        """The placement keys that are set."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SlurmPlacement) if getattr(self, f.name)}
+
+
+@dataclass(kw_only=True)
+class ClusterSettings(SlurmPlacement):
     """Where `par train --launcher local|slurm` runs (submitit parameters)."""
 
     nodes: int = knob(1, "nodes", minimum=1)
@@ -99,10 +113,6 @@ class ClusterSettings:
     tasks_per_node: int = knob(0, "tasks per node; 0 → one per GPU (at least 1)", minimum=0)
     cpus_per_task: int = knob(4, "CPUs per task", minimum=1)
     mem_gb: int = knob(0, "memory per node in GB; 0 → the partition's default", minimum=0)
-    partition: str = knob("", "Slurm partition")
-    account: str = knob("", "Slurm account")
-    qos: str = knob("", "Slurm QoS")
-    constraint: str = knob("", "Slurm node features, e.g. a100")
     time_min: int = knob(24 * 60, "time limit per job in minutes (the run requeues across limits)", minimum=1)
     max_requeues: int = knob(200, "requeues on timeout or preemption before giving up", minimum=0)
     signal_delay_s: int = knob(90, "seconds between Slurm's USR2 and the kill (time for a checkpoint)", minimum=0)
@@ -279,7 +289,7 @@ class EntropySettings:
 # ================================================================================================ workflow
 
 @dataclass(kw_only=True)
-class Resources:
+class Resources(SlurmPlacement):
     """What one job of a stage asks the scheduler for."""
 
     nodes: int = knob(1, "nodes (training only)", minimum=1)
@@ -287,27 +297,19 @@ class Resources:
     cpus: int = knob(1, "CPUs per task", minimum=1)
     mem_mb: int = knob(2000, "memory in MB", minimum=100)
     runtime: int = knob(30, "time limit in minutes", minimum=1)
-    partition: str = knob("", "Slurm partition")
-    account: str = knob("", "Slurm account")
-    qos: str = knob("", "Slurm QoS")
-    constraint: str = knob("", "Slurm node features, e.g. a100")
 
     def snakemake(self) -> dict:
         """Snakemake resources, named as snakemake-executor-plugin-slurm reads them."""
         out = {"mem_mb": self.mem_mb, "runtime": self.runtime, "cpus_per_task": self.cpus}
         if self.gpus:
             out["gpu"] = self.gpus
-        for key, name in (("partition", "slurm_partition"), ("account", "slurm_account"), ("qos", "qos"),
-                          ("constraint", "constraint")):
-            if getattr(self, key):
-                out[name] = getattr(self, key)
-        return out
+        names = {"partition": "slurm_partition", "account": "slurm_account"}
+        return out | {names.get(k, k): v for k, v in self.placement().items()}
 
     def cluster(self) -> dict:
         """The same request as `par train` cluster settings (submitit)."""
-        out = {"nodes": self.nodes, "gpus_per_node": self.gpus, "cpus_per_task": self.cpus,
-               "time_min": self.runtime, "mem_gb": self.mem_mb // 1000}
-        return out | {k: getattr(self, k) for k in ("partition", "account", "qos", "constraint") if getattr(self, k)}
+        return {"nodes": self.nodes, "gpus_per_node": self.gpus, "cpus_per_task": self.cpus,
+                "time_min": self.runtime, "mem_gb": self.mem_mb // 1000} | self.placement()
 
 
 @dataclass(kw_only=True)
@@ -420,7 +422,7 @@ def _check_limits(f: dataclasses.Field, value, where: str) -> None:
         raise UserError(f"{where}: {value!r} is above the maximum {m['maximum']}")
 
 
-def check(cls, data, where: str):
+def check(cls, data, where: str, *, require: bool = True):
     """`data` (a mapping from YAML/JSON) as a `cls` instance. Unknown keys, wrong types, values outside their
     limits and missing required keys fail with one line naming the key's path, e.g.
     ``presets.tiny.train.lrr: unknown; did you mean lr?``."""
@@ -437,7 +439,7 @@ def check(cls, data, where: str):
         if not dataclasses.is_dataclass(hints[key]) and typing.get_origin(hints[key]) is None:
             _check_limits(fields[key], values[key], path)
     for name, f in fields.items():
-        if f.metadata.get("required") and name not in data:
+        if require and f.metadata.get("required") and name not in data:
             raise UserError(f"{where + '.' if where else ''}{name}: required")
     obj = cls(**values)
     if cls is Preset:
@@ -453,6 +455,11 @@ def check_workflow_config(config: dict, where: str = "config") -> WorkflowConfig
     if cfg.preset not in cfg.presets:
         raise UserError(f"preset: {cfg.preset!r} is not defined under presets ({', '.join(sorted(cfg.presets))})")
     return cfg
+
+
+def field_metadata(cls, name: str) -> dict:
+    """A field's help, choices and limits (e.g. to share a setting's choices with a hand-written flag)."""
+    return dict(next(f for f in dataclasses.fields(cls) if f.name == name).metadata)
 
 
 def required_missing(obj) -> list[str]:
@@ -529,12 +536,12 @@ def from_args(cls, args, *, dest_prefix: str = "", config_file: str | None = Non
     data = {}
     if config_file:
         data = load_file(config_file)
-        check(cls, data, str(config_file))
+        check(cls, data, str(config_file), require=False)  # types and unknown keys, named by the file
     for f in dataclasses.fields(cls):
         v = getattr(args, dest_prefix + f.name, None)
         if v is not None:
             data[f.name] = v
-    obj = check(cls, data, config_file or "command line")
+    obj = check(cls, data, config_file or "command line", require=False)
     missing = required_missing(obj)
     if missing:
         raise UserError(f"{_flag(missing[0])} is required (or set '{missing[0]}' in --config)")

@@ -230,14 +230,35 @@ def test_cfg_interval_falls_back_to_conditional_logits():
     assert torch.equal(always, generate(m, labels, SamplingSettings(cfg_scale=3.0), torch.Generator().manual_seed(0)))
 
 
-def test_decoding_detects_a_wrong_mask():
-    """The consistency test above must be able to fail: break the group mask of the cached path."""
+@pytest.mark.parametrize("static", [False, True])
+def test_decoding_detects_a_wrong_mask(static):
+    """The consistency test above must be able to fail: break the group mask of the cached path only
+    (teacher forcing keeps the right one) and its comparison must no longer hold."""
     m = _random_model(order="par", n=4)
     labels = torch.tensor([1, 2])
-    toks, logits = generate(m, labels, SamplingSettings(temperature=0), return_logits=True)
-    m.block_end.copy_(torch.arange(1, m.seq_len + 1))  # causal instead of group-bidirectional
-    toks2, logits2 = generate(m, labels, SamplingSettings(temperature=0), return_logits=True)
-    assert not torch.allclose(logits["cond"], logits2["cond"], atol=1e-4)
+    right = m.block_end.clone()
+    wrong = {"causal inside groups": torch.arange(1, m.seq_len + 1),  # sees too little
+             "one key too many": (right + 1).clamp(max=m.seq_len)}  # sees the next, not yet written key
+
+    def consistency(step_fn):  # the check of test_cached_decoding_reproduces_teacher_forcing
+        toks, logits = generate(m, labels, SamplingSettings(temperature=0), return_logits=True, step_fn=step_fn,
+                                static_cache=static)
+        with torch.no_grad():
+            tf = m(m.order.to_order(toks), labels)
+        torch.testing.assert_close(logits["cond"], tf, atol=1e-4, rtol=1e-4)
+
+    consistency(m.decode_step)  # the right mask passes
+    for name, ends in wrong.items():
+        def broken_step(tokens, labels, pos, ends=ends):
+            m.block_end.copy_(ends)
+            try:
+                return m.decode_step(tokens, labels, pos)
+            finally:
+                m.block_end.copy_(right)
+
+        with pytest.raises(AssertionError):
+            consistency(broken_step)
+        assert torch.equal(m.block_end, right), name
 
 
 def test_generation_is_seeded():

@@ -1,5 +1,5 @@
-"""par/data.py + par/tinyset.py: ten-crop geometry, sharded tokenisation (resume, job array, bad images),
-TokenDataset crop sampling, and the deterministic tiny ImageFolder."""
+"""par/data (crops, shards, tokenize, tinyset): ten-crop geometry, sharded tokenisation (resume, job array,
+bad images), the shard reader and TokenDataset crop sampling, and the deterministic tiny ImageFolder."""
 
 import json
 import os
@@ -16,8 +16,9 @@ from PIL import Image
 from torchvision import transforms
 
 from par.cli import main
-from par.data.tokenize import (BATCH_DELAY_ENV, NUM_CROPS, TokenDataset, center_crop_arr, finalize, list_images,
-                      load_rgb, shard_name, ten_crop_transform, tokenize)
+from par.data.crops import center_crop_arr, list_images, load_rgb, ten_crop_transform
+from par.data.shards import CROP_ORDER, NUM_CROPS, TokenDataset, TokenShards, finalize, shard_name, write_shard
+from par.data.tokenize import BATCH_DELAY_ENV, tokenize
 from par.cluster import array_task
 from par.errors import UserError
 from par.data.tinyset import make_tinyset
@@ -307,6 +308,44 @@ def test_token_dataset_errors(tokens, tmp_path):
             (partial / p.name).write_bytes(p.read_bytes())
     with pytest.raises(UserError, match="shard-00002.npz: missing"):
         TokenDataset(partial)
+
+
+def test_shard_reader_takes_the_centre_crop_from_metadata(tokens, vq_ckpt, tmp_path):
+    from par.analysis import entropy
+
+    codes = np.concatenate([np.load(tokens / shard_name(k))["codes"] for k in range(3)])
+    labels = np.concatenate([np.load(tokens / shard_name(k))["labels"] for k in range(3)])
+    reader = TokenShards(tokens)
+    assert reader.crop_order == CROP_ORDER and reader.centre_crop == 4 and reader.num_crops == NUM_CROPS
+    assert (reader.grid, reader.codebook_size, reader.num_classes) == ((2, 2), 64, 2)
+    got, got_labels = reader.load()
+    assert np.array_equal(got, codes) and got.dtype == np.int16 and np.array_equal(got_labels, labels)
+    assert np.array_equal(reader.load(crop=reader.centre_crop, num=7)[0], codes[:7, 4])
+    assert not np.array_equal(codes[:, 0], codes[:, 4])  # else the checks below could not tell the crops apart
+
+    moved = tmp_path / "moved"  # the same shards, but a manifest that puts the centre crop first
+    moved.mkdir()
+    for p in tokens.iterdir():
+        (moved / p.name).write_bytes(p.read_bytes())
+    m = json.loads((moved / "manifest.json").read_text())
+    m["crop_order"] = CROP_ORDER[4:] + CROP_ORDER[:4]
+    (moved / "manifest.json").write_text(json.dumps(m))
+    assert TokenShards(moved).centre_crop == 0
+    book = entropy._read_codebook(vq_ckpt)
+    for src, crop in ((tokens, 4), (moved, 0)):
+        out = tmp_path / f"features-{src.name}.npz"
+        assert main(["entropy", "features", "--codes", str(src), "--codebook", str(vq_ckpt), "--num-images", "7",
+                     "--out", str(out)]) == 0
+        np.testing.assert_array_equal(np.load(out)["features"], book[codes[:7, crop]].reshape(7, 2, 2, -1)
+                                      .astype(np.float32))
+
+    # a single shard file whose own metadata records the order
+    write_shard(tmp_path / "one.npz", codes[:3], labels[:3], range(3), {"crop_order": m["crop_order"]})
+    assert np.array_equal(entropy._read_codes(tmp_path / "one.npz", 3, None), codes[:3, 0])
+    write_shard(tmp_path / "one.npz", codes[:3], labels[:3], range(3), {"crop_order": [f"c{i}" for i in range(10)]})
+    with pytest.raises(UserError, match="no 'center' crop; choose one with --crop"):
+        entropy._read_codes(tmp_path / "one.npz", 3, None)
+    assert np.array_equal(entropy._read_codes(tmp_path / "one.npz", 3, 7), codes[:3, 7])
 
 
 # ----------------------------------------------------------------------------- (f) tiny set

@@ -43,17 +43,34 @@ def tiny_cfg(data, out, **kw):
 def test_batches_are_a_function_of_step_and_independent_of_world(tmp_path):
     data = TokenArrays.load(make_token_dir(tmp_path / "d"))
     a, la = data.batch(5, 8, seed=1)
-    b, lb = data.batch(5, 8, seed=1)
-    assert torch.equal(a, b) and torch.equal(la, lb)
-    parts = [data.batch(5, 8, seed=1, rank=r, world=2) for r in range(2)]
-    assert sorted(torch.cat([p[1] for p in parts]).tolist()) == sorted(la.tolist())
+    assert a.shape == (8, 16) and la.shape == (8,)
     assert not torch.equal(data.batch(6, 8, seed=1)[0], a)
-    # crops are drawn uniformly over the 10 ten-crop variants
-    crops = set()
-    for s in range(40):
-        g = torch.Generator().manual_seed(1 * 1_000_003 + 7919 * s + 1)
-        crops |= set(torch.randint(0, 10, (8,), generator=g).tolist())
-    assert crops == set(range(10))
+    # Every row tagged with its (image, crop): code = 10·image + crop at every position, label = image.
+    num, ncrop, batch = 64, 10, 8
+    codes = (torch.arange(num)[:, None, None] * ncrop + torch.arange(ncrop)[None, :, None]).expand(num, ncrop, 16)
+    tagged = TokenArrays(codes.to(torch.int16).contiguous(), torch.arange(num), (4, 4), num * ncrop, num)
+
+    def rows(step, rank=0, world=1):
+        x, lab = tagged.batch(step, batch, seed=1, rank=rank, world=world)
+        assert torch.equal(x, x[:, :1].expand_as(x)) and torch.equal(x[:, 0] // ncrop, lab)  # crops stay whole
+        return [(int(v) // ncrop, int(v) % ncrop) for v in x[:, 0]]
+
+    steps = range(40)  # 5 epochs of 8 steps
+    single = {s: rows(s) for s in steps}
+    # a pure function of the step: the same rows when asked again, in any order, and other rows at other steps
+    assert {s: rows(s) for s in reversed(steps)} == single
+    assert len({tuple(r) for r in single.values()}) == len(steps)
+    for e in range(5):  # epoch-wise shuffle without replacement: each epoch's steps hold every image once
+        assert sorted(i for s in range(8 * e, 8 * e + 8) for i, _ in single[s]) == list(range(num))
+    # independent of the world size: the ranks' shares together are exactly the single-process batch, crops included
+    for world in (2, 4):
+        for s in steps:
+            parts = [rows(s, r, world) for r in range(world)]
+            assert all(len(p) == batch // world for p in parts)
+            assert sorted(sum(parts, [])) == sorted(single[s]), (world, s)
+    # crops are drawn uniformly over the 10 ten-crop variants (320 draws: 32 expected per crop)
+    counts = np.bincount([c for r in single.values() for _, c in r], minlength=ncrop)
+    assert len(counts) == ncrop and counts.min() >= 16 and counts.max() <= 48, counts
 
 
 def test_training_learns_and_writes_artifacts(tmp_path):

@@ -83,6 +83,73 @@ def test_config_schema_rejects_a_wrong_key(tmp_path):
     assert "learning_rate" in r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("preset, path, value, message", [
+    ("tiny", ("train", "lrr"), 1, "presets.tiny.train.lrr: unknown; did you mean lr?"),
+    ("tiny", ("sample", "cfg_scale"), "high", "presets.tiny.sample.cfg_scale: expected float, got str 'high'"),
+    # a preset that is not the active one is checked too
+    ("paper", ("models", "par-L-n4", "n"), "four", "presets.paper.models.par-L-n4.n: expected int, got str 'four'"),
+])
+def test_dry_run_names_the_bad_key(tmp_path, preset, path, value, message):
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    node = cfg["presets"][preset]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    r = _snakemake("-n", "--configfile", str(tmp_path / "bad.yaml"), "--directory", str(tmp_path),
+                   "-s", str(ROOT / "workflow/Snakefile"), timeout=120)
+    assert r.returncode != 0
+    assert message in r.stdout + r.stderr
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    r = _snakemake("--lint", "-s", str(ROOT / "workflow/Snakefile"), "--configfile", str(ROOT / "config.yaml"),
+                   "--directory", str(tmp_path), timeout=120)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert "Lints for" not in r.stdout + r.stderr
+
+
+def test_default_profile_gives_cores(tmp_path):
+    """`snakemake entropy_maps`, typed without --cores, works (workflow/profiles/default)."""
+    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    r = _snakemake("-n", "entropy_maps", "-s", str(ROOT / "workflow/Snakefile"), "--directory", str(tmp_path),
+                   timeout=120)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "workflow/profiles/default" in r.stderr
+    assert "entropy_figures" in r.stdout + r.stderr
+
+
+def test_tables_and_report_read_the_config_the_run_used(tmp_path):
+    """`--config preset=…` and `--configfile` overrides reach `par tables/report` through the effective config,
+    which is rewritten only when it changes."""
+    other = yaml.safe_load((ROOT / "config.yaml").read_text())
+    other["presets"]["paper"]["sample"]["cfg_scale"] = 2.25
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    args = ("-n", "-p", "all_tables", "-s", str(ROOT / "workflow/Snakefile"), "--directory", str(tmp_path),
+            "--configfile", str(tmp_path / "other.yaml"), "--config", "preset=paper")
+    r = _snakemake(*args, timeout=120)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    used = tmp_path / "results/paper/workflow-config.yaml"
+    assert "par tables --config results/paper/workflow-config.yaml --preset paper" in r.stdout
+    assert "par report --config results/paper/workflow-config.yaml --preset paper" in r.stdout
+    effective = yaml.safe_load(used.read_text())
+    assert effective["preset"] == "paper" and effective["presets"]["paper"]["sample"]["cfg_scale"] == 2.25
+    stamp = used.stat().st_mtime_ns
+    assert _snakemake(*args, timeout=120).returncode == 0
+    assert used.stat().st_mtime_ns == stamp  # same config: not rewritten, so nothing reruns because of it
+
+
+def test_every_job_logs_and_benchmarks_under_results(tmp_path):
+    r = _snakemake("-n", "all_tables", "--config", "preset=paper", "--directory", str(tmp_path),
+                   "-s", str(ROOT / "workflow/Snakefile"), "--configfile", str(ROOT / "config.yaml"), timeout=120)
+    assert r.returncode == 0, (r.stderr + r.stdout)[-3000:]
+    jobs = [b for b in r.stdout.split("\nrule ")[1:] if not b.startswith("all_tables")]
+    assert jobs
+    for block in jobs:
+        rule = block.split(":", 1)[0]
+        assert f"log: results/paper/logs/{rule}/" in block, block
+
+
 def test_paper_dry_run_lists_every_training_job_with_gpus(tmp_path):
     r = _snakemake("-n", "-p", "all_tables", "--config", "preset=paper", "--directory", str(tmp_path),
                    "-s", str(ROOT / "workflow/Snakefile"), "--configfile", str(ROOT / "config.yaml"))
@@ -92,6 +159,80 @@ def test_paper_dry_run_lists_every_training_job_with_gpus(tmp_path):
     for m in models:
         assert f"--out results/paper/models/{m} " in out
     assert out.count("--gpus-per-node 8") >= len(models)
+
+
+# ------------------------------------------------------------------------------------------ par.workflow (no Snakemake)
+
+def _experiment(preset="tiny", edit=None):
+    from par.workflow import Experiment
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["preset"] = preset
+    if edit:
+        edit(cfg["presets"][preset])
+    return Experiment(cfg)
+
+
+def test_train_flags_layer_the_preset_the_model_and_its_resources():
+    e = _experiment("tiny")
+    assert e.train_args("par-n4-noinit") == (
+        "--ckpt-every 100 --class-dropout 0.1 --dropout 0.1 --global-batch 32 --initial-sequential false "
+        "--launcher auto --log-every 10 --lr 0.002 --max-steps 200 --n 4 --order par --schedule cosine "
+        "--size tiny-S --warmup-epochs 1 --cpus-per-task 1 --gpus-per-node 0 --mem-gb 2 --nodes 1 --time-min 30")
+    paper = _experiment("paper", lambda p: p["models"]["par-3B-n4"].update(resources="train_large"))
+    big = paper.train_args("par-3B-n4")
+    assert "--global-batch 512" in big and "--lr 0.0002" in big and "--nodes 2" in big
+    assert "--constraint a100 " in big and "--partition gpu " in big and "--cfg-scale" not in big
+    assert "--nodes 1 " in paper.train_args("par-L-n4")
+
+
+def test_sample_flags_and_released_checkpoints():
+    e = _experiment("paper", lambda p: p["models"]["par-3B-n4"].update(checkpoint="ckpts/PAR 3B.pt"))
+    assert e.sample_args("par-XL-n4") == ("--batch-size 32 --cfg-scale 1.5 --compile false --image-size 256 "
+                                          "--num-samples 50000 --shard-size 1000")
+    assert e.sample_args("par-3B-n4").endswith("--cfg-scale 1.345 --compile false --image-size 256 "
+                                               "--num-samples 50000 --shard-size 1000 --size GPT-3B --order par --n 4")
+    assert e.model_path("par-3B-n4") == "ckpts/PAR 3B.pt"  # not trained
+    assert e.trained_models() == [m for m in e.models if m != "par-3B-n4"]
+    assert e.model_path("par-L-n4") == "results/paper/models/par-L-n4/model.pt"
+
+
+def test_paths_downloads_and_resources():
+    from par.errors import UserError
+
+    tiny, paper = _experiment("tiny"), _experiment("paper")
+    assert tiny.vq_path() == "results/tiny/vq/vq.pt" and tiny.reference_stats() == ""
+    assert tiny.evaluation_reference() == "results/tiny/reference.npz"
+    assert tiny.evaluation_reference_flag() == "--reference"
+    assert tiny.entropy_references() == ["0_0", "6_6", "3_9"]
+    assert tiny.entropy_map_args("6_6") == "--reference 6,6 --estimator linear --alpha 10.0"
+    assert tiny.tokenize_args() == "--batch-size 16 --crop-range 1.1 --image-size 48 --shard-size 400"
+    assert tiny.reference_tinyset_args() == "--images-per-class 100 --seed 1 --size 56"
+    assert tiny.resources("train") == {"mem_mb": 2000, "runtime": 30, "cpus_per_task": 1}
+    assert paper.vq_path() == "results/paper/downloads/vq_ds16_c2i.pt"
+    assert paper.evaluation_reference_flag() == "--reference-stats"
+    assert paper.fetch_args("vq_ds16_c2i.pt") == (
+        "--url https://huggingface.co/FoundationVision/LlamaGen/resolve/main/vq_ds16_c2i.pt --sha256 ''")
+    with pytest.raises(UserError, match="no download configured for x.pt"):
+        paper.download_source("x.pt")
+    assert paper.resources("sample") == {"mem_mb": 128000, "runtime": 720, "cpus_per_task": 8, "gpu": 8}
+    assert paper.resources("entropy") == {"mem_mb": 32000, "runtime": 240, "cpus_per_task": 8}
+    with pytest.raises(UserError, match="presets.paper.data.images: required"):
+        _experiment("paper", lambda p: p["data"].pop("images"))
+
+
+def test_effective_config_is_written_only_when_it_changes(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["results"] = str(tmp_path / "results")
+    from par.workflow import Experiment
+
+    assert Experiment(cfg).write_config()
+    written = tmp_path / "results/tiny/workflow-config.yaml"
+    assert yaml.safe_load(written.read_text()) == cfg
+    assert not Experiment(cfg).write_config()
+    cfg["presets"]["tiny"]["sample"]["cfg_scale"] = 3.0
+    assert Experiment(cfg).write_config()
+    assert yaml.safe_load(written.read_text())["presets"]["tiny"]["sample"]["cfg_scale"] == 3.0
 
 
 def mini_config(tmp_path: Path, launcher: str = "inprocess") -> Path:
@@ -135,6 +276,9 @@ def test_tiny_dag_end_to_end_then_up_to_date_then_partial_rerun(tmp_path):
              [f"analysis/tables/{t}.{e}" for t in ("table2", "table3a", "table3b", "table3c", "table3d", "table3e")
               for e in ("md", "csv", "tex")]:
         assert (tmp_path / f).exists(), f
+    for rule, job in (("train", "par-n4"), ("sample", "par-n4"), ("evaluate", "par-n4"), ("tables", "tables")):
+        assert (tmp_path / f"results/tiny/logs/{rule}/{job}.log").exists(), (rule, job)
+        assert (tmp_path / f"results/tiny/benchmarks/{rule}/{job}.tsv").exists(), (rule, job)
     assert _jobs_of_dry_run(tmp_path) == {}  # a second run does nothing
     (tmp_path / "results/tiny/models/par-n16/model.pt").unlink()
     assert _jobs_of_dry_run(tmp_path) == {"train": 1, "sample": 1, "evaluate": 1, "tables": 1, "report": 1,

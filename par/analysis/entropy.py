@@ -25,6 +25,7 @@ every prefix regression.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import warnings
 from functools import partial
@@ -32,18 +33,19 @@ from pathlib import Path
 
 import numpy as np
 
-from par.errors import UserError
-from par.io import atomic_path
 from par.core.order import Order
+from par.data.shards import CENTRE, MANIFEST, TokenShards, centre_crop_index, crop_order_of, default_crop_order
+from par.config import EntropySettings, field_metadata as _field_meta
+from par.errors import UserError
+from par.io import atomic_path, torch_load
 
-ESTIMATORS = ("linear", "mlp")
+ESTIMATORS = _field_meta(EntropySettings, "estimator")["choices"]
 # Ridge penalty (sklearn's scale: added to the Gram diagonal, which is ~ n_train / d for unit-norm tokens).
 # Small is right when images ≫ predictors; with thousands of conditioning dimensions and ~10k images the
 # held-out bound is loose from overfitting and a larger --alpha (1e2–1e3) gives tighter entropies.
-DEFAULT_ALPHA = 1e-3
+DEFAULT_ALPHA = EntropySettings().alpha
 DEFAULT_TRAIN_FRAC = 0.8
 CODEBOOK_KEY = "quantize.embedding.weight"
-CENTRE_CROP = 4  # index of the centre crop in ten-crop code files
 _LOG_2PIE = math.log(2 * math.pi * math.e)
 
 
@@ -309,7 +311,9 @@ def _load_features(path: Path, max_images: int | None) -> np.ndarray:
     return V
 
 
-def _select_crop(codes: np.ndarray, path: Path, crop: int | None) -> np.ndarray:
+def _select_crop(codes: np.ndarray, path: Path, crop: int | None, crop_order: list[str] | None = None) -> np.ndarray:
+    """(num_images, H·W) codes: the codes themselves, or crop `crop` of ten-crop codes (default: the crop
+    named centre in `crop_order`, which defaults to the standard ten-crop order)."""
     if not np.issubdtype(codes.dtype, np.integer):
         raise UserError(f"{path}: codes must be integers, got {codes.dtype}")
     if codes.ndim == 2:
@@ -317,22 +321,52 @@ def _select_crop(codes: np.ndarray, path: Path, crop: int | None) -> np.ndarray:
             raise UserError(f"{path}: codes {codes.shape} have no crop axis; drop --crop")
         return codes
     if codes.ndim == 3:
-        k = CENTRE_CROP if crop is None else crop
-        if not 0 <= k < codes.shape[1]:
-            raise UserError(f"{path}: --crop {k} out of range for codes {codes.shape}; use 0..{codes.shape[1] - 1}")
-        return codes[:, k]
+        return codes[:, _crop_index(path, crop, crop_order or default_crop_order(codes.shape[1]), codes.shape[1])]
     raise UserError(f"{path}: codes must have shape (num_images, H*W) or (num_images, crops, H*W), got {codes.shape}")
 
 
+def _crop_index(path: Path, crop: int | None, crop_order: list[str], num_crops: int) -> int:
+    k = centre_crop_index(crop_order) if crop is None else crop
+    if k is None:
+        raise UserError(f"{path}: the crop order {crop_order} has no {CENTRE!r} crop; choose one with --crop")
+    if not 0 <= k < num_crops:
+        raise UserError(f"{path}: --crop {k} out of range for {num_crops} crops; use 0..{num_crops - 1}")
+    return k
+
+
+def _codes_of_npz(path: Path, crop: int | None) -> np.ndarray:
+    """Codes of one .npz file; a `par tokenize` shard's own metadata says which crop is the centre."""
+    arrays = _load_npz(path, "codes")
+    codes = arrays["codes"]
+    order = None
+    if "meta" in arrays and codes.ndim == 3:
+        try:
+            meta = json.loads(str(arrays["meta"]))
+        except ValueError:
+            raise UserError(f"{path}: 'meta' is not JSON; pass a `par tokenize` shard or a plain codes file") from None
+        order = crop_order_of(meta, codes.shape[1], path)
+    return _select_crop(codes, path, crop, order)
+
+
+def _read_token_dir(path: Path, num: int, crop: int | None) -> np.ndarray:
+    """Codes of one crop (default: the centre crop of the manifest's crop order) of a `par tokenize` directory."""
+    shards = TokenShards(path)
+    k = _crop_index(path, crop, shards.crop_order, shards.num_crops)
+    return shards.load(crop=k, num=num)[0]
+
+
 def _read_codes(path: Path, num: int, crop: int | None) -> np.ndarray:
-    """(num, H·W) codes from an .npy/.npz file or a directory of .npz shards (read in sorted order)."""
-    if path.is_dir():
+    """(num, H·W) codes from an .npy/.npz file, a `par tokenize` directory (with manifest.json) or another
+    directory of .npz shards (read in sorted order)."""
+    if path.is_dir() and (path / MANIFEST).is_file():
+        codes = _read_token_dir(path, num, crop)
+    elif path.is_dir():
         shards = sorted(path.glob("*.npz"))
         if not shards:
             raise UserError(f"{path}: directory holds no *.npz shards; point --codes at the code shards")
         parts, have = [], 0
         for shard in shards:
-            part = _select_crop(_load_npz(shard, "codes")["codes"], shard, crop)
+            part = _codes_of_npz(shard, crop)
             if parts and part.shape[1:] != parts[0].shape[1:]:
                 raise UserError(f"{shard}: codes {part.shape} do not match earlier shards {parts[0].shape}")
             parts.append(part)
@@ -349,7 +383,7 @@ def _read_codes(path: Path, num: int, crop: int | None) -> np.ndarray:
             raise UserError(f"{path}: not a readable .npy file ({e}); regenerate it") from None
         codes = _select_crop(codes, path, crop)
     elif path.suffix == ".npz":
-        codes = _select_crop(_load_npz(path, "codes")["codes"], path, crop)
+        codes = _codes_of_npz(path, crop)
     else:
         raise UserError(f"{path}: --codes must be an .npy/.npz file or a directory of .npz shards")
     if len(codes) < num:
@@ -364,9 +398,9 @@ def _read_codebook(path: Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path}: no such file; pass the VQ tokenizer checkpoint with --codebook")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a file that is not a safe checkpoint
-        raise UserError(f"{path}: cannot load as a torch checkpoint ({type(e).__name__}); pass a VQ .pt file") from None
+        obj = torch_load(path)
+    except UserError:  # torch_load's own advice (re-save as a state dict) does not fit a wrong --codebook
+        raise UserError(f"{path}: cannot load as a torch checkpoint; pass the VQ tokenizer's .pt file") from None
     sd = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
     if not isinstance(sd, dict) or CODEBOOK_KEY not in sd:
         raise UserError(f"{path}: no {CODEBOOK_KEY!r} in the state dict; pass the VQ tokenizer checkpoint")
@@ -528,7 +562,7 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_map)
 
     p = analysis("increase", "entropy increase of parallel over sequential generation per cell (Fig. 11)")
-    p.add_argument("--order", choices=("par", "raster"), required=True)
+    p.add_argument("--order", choices=("par", "raster"), required=True, help="token order whose parallel steps are measured")
     p.add_argument("--n", type=_positive_int, default=4, help="tokens per parallel step (default: 4)")
     p.set_defaults(func=_cmd_increase)
 
@@ -536,12 +570,14 @@ def register(sub) -> None:
     p.add_argument("--codes", type=Path, required=True,
                    help=".npy/.npz with codes (num_images, H*W) or (num_images, crops, H*W), or a directory of .npz shards")
     p.add_argument("--codebook", type=Path, required=True, help=f"VQ checkpoint holding {CODEBOOK_KEY}")
-    p.add_argument("--crop", type=int, help=f"crop index for ten-crop codes (default: {CENTRE_CROP}, the centre crop)")
-    p.add_argument("--num-images", type=_positive_int, required=True)
+    p.add_argument("--crop", type=int,
+                   help="crop index for ten-crop codes (default: the centre crop, as the manifest or shard "
+                        "metadata records it; index 4 of the standard ten-crop order)")
+    p.add_argument("--num-images", type=_positive_int, required=True, help="images whose tokens are analysed (the first K)")
     p.add_argument("--out", type=Path, required=True, help="output .npz with 'features' (num_images, H, W, d)")
     p.set_defaults(func=_cmd_features)
 
     p = actions.add_parser("figures", help="Fig. 9 / Fig. 11 style heatmaps (PNG + PDF) from map/increase outputs")
     p.add_argument("--maps", type=Path, nargs="+", required=True, help="outputs of `par entropy map` / `increase`")
-    p.add_argument("--outdir", type=Path, default=Path("analysis/entropy"))
+    p.add_argument("--outdir", type=Path, default=Path("analysis/entropy"), help="output folder (default: analysis/entropy)")
     p.set_defaults(func=_cmd_figures)

@@ -136,8 +136,8 @@ def cmd_tables(args) -> int:
 
 def register(sub):
     p = sub.add_parser("tables", help="Tables 2 and 3(a)-(e) from result files (Markdown, CSV, LaTeX)")
-    p.add_argument("--config", default="config.yaml")
-    p.add_argument("--preset", required=True)
+    p.add_argument("--config", default="config.yaml", help="workflow config the run used (default: config.yaml)")
+    p.add_argument("--preset", required=True, help="preset under `presets`")
     p.add_argument("--results", required=True, help="results/<preset> directory")
-    p.add_argument("--out", default="analysis/tables")
+    p.add_argument("--out", default="analysis/tables", help="output folder (default: analysis/tables)")
     p.set_defaults(func=cmd_tables)

@@ -41,6 +41,6 @@ def cmd_demo(args) -> int:
 
 def register(sub):
     p = sub.add_parser("demo", help="tiny random-weight tour: orders, CFG sampling, cache consistency")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=4, help="images per class batch (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and sampling (default: 0)")
     p.set_defaults(func=cmd_demo)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from par.errors import UserError
+from par.io import torch_load
 
 ATOL_LOGITS, ATOL_LOSS, ATOL_ROPE = 1e-4, 1e-5, 1e-6
 
@@ -89,7 +90,7 @@ def _load_case(case: Path):
 
     ref = json.loads((case / "config.json").read_text())
     model = Transformer(ModelConfig.from_reference(ref["model_args"], ref.get("family", "PAR")))
-    sd = torch.load(case / "model.pt", map_location="cpu", weights_only=True)["model"]
+    sd = torch_load(case / "model.pt")["model"]
     load_state_dict_strict(model, sd, case / "model.pt")
     return model.eval(), sd
 

@@ -40,7 +40,7 @@ def cmd_fetch(args) -> int:
 
 def register(sub):
     p = sub.add_parser("fetch", help="download a released file with checksum verification (paper preset)")
-    p.add_argument("--url", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--url", required=True, help="URL of the released file")
+    p.add_argument("--out", required=True, help="where to write it (atomically; <out>.sha256 records the digest)")
     p.add_argument("--sha256", default="", help="expected digest (empty: record it)")
     p.set_defaults(func=cmd_fetch)

@@ -12,7 +12,7 @@ from par.errors import UserError
 
 
 def make_reference(images: str, size: int, out: str, max_images: int = 0) -> int:
-    from par.data.tokenize import BadImage, center_crop_arr, list_images, load_rgb
+    from par.data.crops import BadImage, center_crop_arr, list_images, load_rgb
     from par.data.imageio import write_adm_npz
 
     _, samples = list_images(images)

@@ -11,7 +11,6 @@ same Pillow / numpy / scikit-image versions), and its first N images do not depe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -82,11 +81,8 @@ def augment(src, rng: np.random.Generator, size: int):
 
 
 def _save_png(img, path: Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # created with the umask's permissions, which img.save keeps
         img.save(tmp, format="PNG")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
 
 
 def make_tinyset(out, images_per_class: int = 400, size: int = 64, seed: int = 0) -> dict:

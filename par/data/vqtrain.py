@@ -25,7 +25,7 @@ from par.errors import UserError
 
 def _load_images(root: str, size: int, seed: int, heldout: int):
     """uint8 (N, 3, 1.1·size, 1.1·size) centre crops, shuffled; the last `heldout` are the test split."""
-    from par.data.tokenize import center_crop_arr, crop_size, list_images, load_rgb
+    from par.data.crops import center_crop_arr, crop_size, list_images, load_rgb
 
     _, samples = list_images(root)
     if len(samples) <= heldout:
@@ -113,9 +113,9 @@ def train_vq(cfg: VQTrainJob) -> dict:
     big, size = train_x.shape[-1], cfg.train_crop or cfg.image_size
     vq.train()
     t0, log = time.perf_counter(), []
-    from tqdm import tqdm
+    from par.progress import progress
 
-    for step in tqdm(range(cfg.steps), desc="train-vq", dynamic_ncols=True):
+    for step in progress(range(cfg.steps), "train-vq"):
         lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for g in opt.param_groups:
             g["lr"] = lr

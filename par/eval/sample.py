@@ -192,9 +192,9 @@ def run(job: SampleJob, shard: int, num_shards: int, do_finalize: bool) -> None:
     model = vq = device = None
     if todo or do_finalize:
         model, vq, device = _setup(job)
-    from tqdm import tqdm
+    from par.progress import progress
 
-    for k in tqdm(todo, desc=f"sample {out.name}", disable=not todo):
+    for k in progress(todo, f"sample {out.name}", enable=bool(todo)):
         run_shard(job, k, model, vq, device)
     # A single process that made every shard packs them itself; parallel tasks leave it to one --finalize call.
     if do_finalize or (num_shards == 1 and all(shard_path(out, k).exists() for k in range(job.num_shards))):

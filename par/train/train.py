@@ -28,6 +28,7 @@ from par import io
 from par.config import TrainJob, TrainSettings
 from par.core.model import ModelConfig, Transformer, model_config
 from par.errors import UserError
+from par.progress import Progress
 
 # Peak dense bf16 tensor-core FLOP/s, for MFU.
 PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
@@ -58,11 +59,12 @@ class TokenArrays:
 
     @classmethod
     def load(cls, data_dir: str | Path) -> "TokenArrays":
-        from par.data.tokenize import load_token_arrays
+        from par.data.shards import TokenShards
 
-        codes, labels, manifest = load_token_arrays(data_dir)
-        return cls(torch.from_numpy(codes), torch.from_numpy(labels), tuple(manifest["grid"]),
-                   int(manifest["codebook_size"]), int(manifest["num_classes"]))
+        shards = TokenShards(data_dir)
+        codes, labels = shards.load()
+        return cls(torch.from_numpy(codes), torch.from_numpy(labels), shards.grid, shards.codebook_size,
+                   shards.num_classes)
 
     def batch(self, step: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
         """This rank's share of the global batch of `step`: epoch-wise shuffle (drop_last) and a uniformly
@@ -194,119 +196,206 @@ def _truncate_log(path: Path, step: int):
         io.write_text(path, "".join(ln + "\n" for ln in keep))
 
 
-def train(cfg: TrainJob) -> Path:
-    """Train (or resume) the run in `cfg.out`; returns the path of the final model file."""
-    rank, world, local_rank = dist_setup()
-    out = Path(cfg.out)
-    final = out / "model.pt"
-    if final.exists():
-        return final
+@dataclass
+class Run:
+    """One training run as the loop sees it: settings, placement, data, networks and the step reached."""
+
+    cfg: TrainJob
+    out: Path
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    amp: bool
+    data: TokenArrays
+    per_epoch: int
+    total: int
+    mcfg: ModelConfig
+    model: Transformer
+    opt: torch.optim.Optimizer
+    ema: Transformer | None
+    fwd: torch.nn.Module | None = None
+    step: int = 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "ckpt.pt"
+
+
+def setup_device(local_rank: int, precision: str) -> tuple[torch.device, bool]:
+    """(device, whether to autocast to bf16): this process's GPU (TF32 matmuls) or the CPU."""
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
-    amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    return device, precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
+
+def load_data(cfg: TrainJob, world: int) -> tuple[TokenArrays, int, int]:
+    """(token arrays, steps per epoch, total steps)."""
     data = TokenArrays.load(cfg.data)
     if cfg.global_batch % world:
         raise UserError(f"global_batch={cfg.global_batch} is not divisible by the world size {world}")
     per_epoch = data.codes.shape[0] // cfg.global_batch
     if per_epoch == 0:
         raise UserError(f"{cfg.data}: {data.codes.shape[0]} images < global_batch={cfg.global_batch}; lower the batch")
-    total = cfg.max_steps or int(cfg.epochs * per_epoch)
+    return data, per_epoch, cfg.max_steps or int(cfg.epochs * per_epoch)
 
-    mcfg = build_model_config(cfg, data.grid, data.vocab_size, data.num_classes)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+
+def build_model(cfg: TrainJob, mcfg: ModelConfig, device, rank: int):
+    """(model, optimizer, EMA copy or None), initialised from `cfg.seed` alone: identical on every rank."""
+    torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
     opt = make_optimizer(model, cfg, device)
-    step = 0
     # fp32 EMA on rank 0 only: it is the one that saves, and other ranks need not hold a second model copy
     ema = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema and rank == 0 else None
-    ckpt_path = out / "ckpt.pt"
-    if ckpt_path.exists():
-        ck = io.torch_load(ckpt_path)
-        model.load_state_dict(ck["model"])
-        if ema is not None:
-            if "ema" not in ck:
-                raise UserError(f"{ckpt_path}: written without --ema; resume without it or start a new --out")
-            ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        step = int(ck["step"])
-        _set_rng_state(ck["rng"][rank])
-        if rank == 0:
-            _truncate_log(out / "log.jsonl", step)
-    else:
-        torch.manual_seed(cfg.seed * world + rank)  # per-rank dropout streams
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None) \
-        if world > 1 else model
-    fwd = torch.compile(ddp) if cfg.compile else ddp
-    order = model.order
-    nparams = model.num_params
-    peak = next((v for k, v in PEAK_FLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name()), None)
+    return model, opt, ema
 
-    def save(step_done: int):
-        states = _all_gather_objects(_rng_state(), world)
-        if rank == 0:
-            io.torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step_done,
-                           "config": {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict()}, "rng": states,
-                           **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt_path)
-        if world > 1:
-            dist.barrier()
 
-    pbar = None
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        io.write_json(out / "config.json", {"train": dataclasses.asdict(cfg), "model": mcfg.to_dict(),
-                                             "world_size": world, "steps": total, "params": nparams})
-        from tqdm import tqdm
+def resume(run: Run) -> int:
+    """Load `ckpt.pt` if there is one (weights, EMA, optimizer, this rank's RNG state) and return its step;
+    else seed this rank's dropout stream and return 0."""
+    if not run.ckpt_path.exists():
+        torch.manual_seed(run.cfg.seed * run.world + run.rank)  # per-rank dropout streams
+        return 0
+    ck = io.torch_load(run.ckpt_path)
+    run.model.load_state_dict(ck["model"])
+    if run.ema is not None:
+        if "ema" not in ck:
+            raise UserError(f"{run.ckpt_path}: written without --ema; resume without it or start a new --out")
+        run.ema.load_state_dict(ck["ema"])
+    run.opt.load_state_dict(ck["optimizer"])
+    _set_rng_state(ck["rng"][run.rank])
+    if run.rank == 0:
+        _truncate_log(run.out / "log.jsonl", int(ck["step"]))
+    return int(ck["step"])
 
-        pbar = tqdm(total=total, initial=step, desc=f"train {out.name}", dynamic_ncols=True)
-    model.train()
-    t_last, tokens_since = time.perf_counter(), 0
-    with PreemptionGuard() as guard:
-        while step < total:
-            lr = lr_at(step, total, per_epoch, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            codes, labels = data.batch(step, cfg.global_batch, cfg.seed, rank, world)
-            z, labels = order.to_order(codes).to(device), labels.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                _, loss = fwd(z, labels, targets=z)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                update_ema(ema, model, cfg.ema_decay)
-            step += 1
-            tokens_since += z.numel() * world
-            if step % cfg.log_every == 0 or step == total:
-                lv = loss.detach().float()
-                if world > 1:
-                    dist.all_reduce(lv, op=dist.ReduceOp.AVG)
-                dt = time.perf_counter() - t_last
-                rec = {"step": step, "epoch": step / per_epoch, "loss": lv.item(), "lr": lr,
-                       "grad_norm": float(gnorm), "tokens_per_s": tokens_since / dt}
-                if peak:
-                    rec["mfu"] = 6 * nparams * rec["tokens_per_s"] / (peak * world)
-                if rank == 0:
-                    with open(out / "log.jsonl", "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                    pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
-                t_last, tokens_since = time.perf_counter(), 0
-            if pbar:
-                pbar.update(1)
-            if step % cfg.ckpt_every == 0 and step < total:
-                save(step)
-            if guard.should_stop(world):
-                save(step)
-                guard.forward_signal()
-    if pbar:
-        pbar.close()
-    save(step)
-    if rank == 0:
-        io.torch_save({"model": model.state_dict(), "config": mcfg.to_dict(), "step": step,
-                       **({"ema": ema.state_dict()} if ema is not None else {})}, final)
-    if world > 1:
+
+def wrap_model(run: Run) -> torch.nn.Module:
+    """The forward callable: DDP across ranks when world > 1, compiled with --compile."""
+    ddp = run.model if run.world == 1 else torch.nn.parallel.DistributedDataParallel(
+        run.model, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
+    return torch.compile(ddp) if run.cfg.compile else ddp
+
+
+def save_checkpoint(run: Run) -> None:
+    """`ckpt.pt` at `run.step`, with every rank's RNG state (a collective: all ranks call it)."""
+    states = _all_gather_objects(_rng_state(), run.world)
+    if run.rank == 0:
+        io.torch_save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "step": run.step,
+                       "config": {"train": dataclasses.asdict(run.cfg), "model": run.mcfg.to_dict()}, "rng": states,
+                       **({"ema": run.ema.state_dict()} if run.ema is not None else {})}, run.ckpt_path)
+    if run.world > 1:
+        dist.barrier()
+
+
+def save_final(run: Run) -> Path:
+    """`model.pt`: weights (and EMA) with the model config, loadable with `load_checkpoint`."""
+    final = run.out / "model.pt"
+    if run.rank == 0:
+        io.torch_save({"model": run.model.state_dict(), "config": run.mcfg.to_dict(), "step": run.step,
+                       **({"ema": run.ema.state_dict()} if run.ema is not None else {})}, final)
+    if run.world > 1:
         dist.barrier()
     return final
+
+
+def start_log(run: Run) -> Progress:
+    """Write `config.json` and open the progress report (rank 0; other ranks report nothing)."""
+    if run.rank == 0:
+        run.out.mkdir(parents=True, exist_ok=True)
+        io.write_json(run.out / "config.json", {"train": dataclasses.asdict(run.cfg), "model": run.mcfg.to_dict(),
+                                                 "world_size": run.world, "steps": run.total,
+                                                 "params": run.model.num_params})
+    return Progress(run.total, f"train {run.out.name}", initial=run.step, enable=run.rank == 0)
+
+
+def train_step(run: Run) -> tuple[float, torch.Tensor, torch.Tensor, int]:
+    """One optimizer step on this rank's share of the global batch of `run.step`; advances `run.step`.
+    Returns (learning rate, loss, gradient norm, tokens processed by all ranks)."""
+    cfg = run.cfg
+    lr = lr_at(run.step, run.total, run.per_epoch, cfg)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    codes, labels = run.data.batch(run.step, cfg.global_batch, cfg.seed, run.rank, run.world)
+    z, labels = run.model.order.to_order(codes).to(run.device), labels.to(run.device)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
+        _, loss = run.fwd(z, labels, targets=z)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        update_ema(run.ema, run.model, cfg.ema_decay)
+    run.step += 1
+    return lr, loss, gnorm, z.numel() * run.world
+
+
+class Throughput:
+    """Tokens per second since the last log line."""
+
+    def __init__(self):
+        self.t, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def rate(self) -> float:
+        return self.tokens / (time.perf_counter() - self.t)
+
+    def reset(self) -> None:
+        self.t, self.tokens = time.perf_counter(), 0
+
+
+def log_step(run: Run, lr: float, loss: torch.Tensor, gnorm, meter: Throughput, bar: Progress, peak) -> None:
+    """Append the step's record (loss averaged over ranks, lr, grad norm, throughput, MFU) to log.jsonl."""
+    lv = loss.detach().float()
+    if run.world > 1:
+        dist.all_reduce(lv, op=dist.ReduceOp.AVG)
+    rec = {"step": run.step, "epoch": run.step / run.per_epoch, "loss": lv.item(), "lr": lr,
+           "grad_norm": float(gnorm), "tokens_per_s": meter.rate()}
+    if peak:
+        rec["mfu"] = 6 * run.model.num_params * rec["tokens_per_s"] / (peak * run.world)
+    if run.rank == 0:
+        with open(run.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.2e}")
+    meter.reset()
+
+
+def _peak_flops(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return next((v for k, v in PEAK_FLOPS.items() if k in torch.cuda.get_device_name()), None)
+
+
+def train(cfg: TrainJob) -> Path:
+    """Train (or resume) the run in `cfg.out`; returns the path of the final model file."""
+    rank, world, local_rank = dist_setup()
+    out = Path(cfg.out)
+    if (out / "model.pt").exists():
+        return out / "model.pt"
+    device, amp = setup_device(local_rank, cfg.precision)
+    data, per_epoch, total = load_data(cfg, world)
+    mcfg = build_model_config(cfg, data.grid, data.vocab_size, data.num_classes)
+    model, opt, ema = build_model(cfg, mcfg, device, rank)
+    run = Run(cfg, out, rank, world, local_rank, device, amp, data, per_epoch, total, mcfg, model, opt, ema)
+    run.step = resume(run)
+    run.fwd = wrap_model(run)
+    peak = _peak_flops(device)
+    with start_log(run) as bar, PreemptionGuard() as guard:
+        model.train()
+        meter = Throughput()
+        while run.step < total:
+            lr, loss, gnorm, tokens = train_step(run)
+            meter.add(tokens)
+            if run.step % cfg.log_every == 0 or run.step == total:
+                log_step(run, lr, loss, gnorm, meter, bar, peak)
+            bar.update(1)
+            if run.step % cfg.ckpt_every == 0 and run.step < total:
+                save_checkpoint(run)
+            if guard.should_stop(world):
+                save_checkpoint(run)
+                guard.forward_signal()
+    save_checkpoint(run)
+    return save_final(run)

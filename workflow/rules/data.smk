@@ -3,88 +3,117 @@
 
 rule tinyset:
     output:
-        f"{R}/images/tinyset.json",
+        f"{results}/images/tinyset.json",
+    log:
+        f"{results}/logs/tinyset/tinyset.log",
+    benchmark:
+        f"{results}/benchmarks/tinyset/tinyset.tsv"
     params:
-        root=f"{R}/images",
-        args=flags(C["data"].get("tinyset", {})),
+        out=output_folder,
+        args=experiment.tinyset_args(),
     resources:
-        **res("data"),
+        **experiment.resources("data"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "par make-tinyset --out {params.root} {params.args}"
+        "par make-tinyset --out {params.out} {params.args} > {log} 2>&1"
 
 
 rule reference_tinyset:
     output:
-        f"{R}/reference_images/tinyset.json",
+        f"{results}/reference_images/tinyset.json",
+    log:
+        f"{results}/logs/reference_tinyset/reference_tinyset.log",
+    benchmark:
+        f"{results}/benchmarks/reference_tinyset/reference_tinyset.tsv"
     params:
-        root=f"{R}/reference_images",
-        args=flags({**C["data"].get("tinyset", {}), "seed": C["data"].get("reference_seed", 1)}),
+        out=output_folder,
+        args=experiment.reference_tinyset_args(),
     resources:
-        **res("data"),
+        **experiment.resources("data"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "par make-tinyset --out {params.root} {params.args}"
-
-
-def train_images(wc):
-    return {"tinyset": rules.tinyset.output[0]} if C["data"]["source"] == "tinyset" else {}
-
-
-def reference_images(wc):
-    return {"tinyset": rules.reference_tinyset.output[0]} if C["data"]["source"] == "tinyset" else {}
+        "par make-tinyset --out {params.out} {params.args} > {log} 2>&1"
 
 
 rule reference:
     input:
         unpack(reference_images),
     output:
-        f"{R}/reference.npz",
+        f"{results}/reference.npz",
+    log:
+        f"{results}/logs/reference/reference.log",
+    benchmark:
+        f"{results}/benchmarks/reference/reference.tsv"
     params:
-        root=f"{R}/reference_images",
-        size=C["sample"]["image_size"],
-        n=C["data"].get("reference_images", 0),
+        images=experiment.reference_image_folder,
+        args=experiment.reference_args(),
     resources:
-        **res("data"),
+        **experiment.resources("data"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "par make-reference --images {params.root} --size {params.size} --max-images {params.n} --out {output}"
+        "par make-reference --images {params.images} --out {output} {params.args} > {log} 2>&1"
 
 
 rule train_vq:
     input:
-        unpack(train_images),
+        unpack(training_images),
     output:
-        vq=f"{R}/vq/vq.pt",
-        metrics=f"{R}/vq/vq_metrics.json",
+        vq=f"{results}/vq/vq.pt",
+        metrics=f"{results}/vq/vq_metrics.json",
+    log:
+        f"{results}/logs/train_vq/train_vq.log",
+    benchmark:
+        f"{results}/benchmarks/train_vq/train_vq.tsv"
     params:
-        root=C["data"].get("images", f"{R}/images"),
-        args=flags(C["tokenizer"].get("train", {})),
+        images=experiment.image_folder,
+        out=output_folder,
+        args=experiment.vq_train_args(),
     threads: 2
     resources:
-        **res("tokenizer"),
+        **experiment.resources("tokenizer"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} par train-vq --images {params.root} --out {R}/vq {params.args}"
+        "OMP_NUM_THREADS={threads} par train-vq --images {params.images} --out {params.out} {params.args} > {log} 2>&1"
 
 
 rule tokenize:
     input:
-        unpack(train_images),
-        vq=vq_file(),
+        unpack(training_images),
+        vq=experiment.vq_path(),
     output:
-        f"{R}/tokens/manifest.json",
+        f"{results}/tokens/manifest.json",
+    log:
+        f"{results}/logs/tokenize/tokenize.log",
+    benchmark:
+        f"{results}/benchmarks/tokenize/tokenize.tsv"
     params:
-        root=C["data"].get("images", f"{R}/images"),
-        args=flags({k: v for k, v in C["tokenize"].items() if k != "array_tasks"}),
+        images=experiment.image_folder,
+        out=output_folder,
+        args=experiment.tokenize_args(),
     threads: 2
     resources:
-        **res("tokenize"),
+        **experiment.resources("tokenize"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} par tokenize --images {params.root} --vq {input.vq} --out {R}/tokens {params.args}"
+        "OMP_NUM_THREADS={threads} par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
+        "{params.args} > {log} 2>&1"
 
 
 rule fetch:
     output:
-        f"{R}/downloads/{{file}}",
+        f"{results}/downloads/{{file}}",
+    log:
+        f"{results}/logs/fetch/{{file}}.log",
+    benchmark:
+        f"{results}/benchmarks/fetch/{{file}}.tsv"
     params:
-        url=lambda wc: download_source(wc)[0],
-        sha=lambda wc: download_source(wc)[1],
+        args=fetch_args,
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "par fetch --url {params.url} --out {output} --sha256 '{params.sha}'"
+        "par fetch --out {output} {params.args} > {log} 2>&1"

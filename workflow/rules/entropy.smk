@@ -1,63 +1,84 @@
 # Entropy analysis (paper §8): codes → codebook features → H(v_i | v_ref) maps and the n=4 entropy increase.
-E = C["entropy"]
-REFS = [f"{r}_{c}" for r, c in E["references"]]
 
 
 rule entropy_features:
     input:
-        tokens=f"{R}/tokens/manifest.json",
-        vq=vq_file(),
+        tokens=f"{results}/tokens/manifest.json",
+        vq=experiment.vq_path(),
     output:
-        f"{R}/entropy/features.npz",
+        f"{results}/entropy/features.npz",
+    log:
+        f"{results}/logs/entropy_features/entropy_features.log",
+    benchmark:
+        f"{results}/benchmarks/entropy_features/entropy_features.tsv"
     params:
-        n=E["num_images"],
+        codes=input_folder,
+        args=experiment.entropy_features_args(),
     resources:
-        **res("entropy"),
+        **experiment.resources("entropy"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "par entropy features --codes {R}/tokens --codebook {input.vq} --num-images {params.n} --out {output}"
+        "par entropy features --codes {params.codes} --codebook {input.vq} --out {output} {params.args} > {log} 2>&1"
 
 
 rule entropy_map:
     input:
-        f"{R}/entropy/features.npz",
+        f"{results}/entropy/features.npz",
     output:
-        f"{R}/entropy/map_{{ref}}.npz",
+        f"{results}/entropy/map_{{ref}}.npz",
+    log:
+        f"{results}/logs/entropy_map/{{ref}}.log",
+    benchmark:
+        f"{results}/benchmarks/entropy_map/{{ref}}.tsv"
     params:
-        ref=lambda wc: wc.ref.replace("_", ","),
-        est=E["estimator"],
-        alpha=E["alpha"],
+        args=entropy_map_args,
     resources:
-        **res("entropy"),
+        **experiment.resources("entropy"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "par entropy map --features {input} --reference {params.ref} --estimator {params.est} --alpha {params.alpha} --out {output}"
+        "par entropy map --features {input} --out {output} {params.args} > {log} 2>&1"
 
 
 rule entropy_increase:
     input:
-        f"{R}/entropy/features.npz",
+        f"{results}/entropy/features.npz",
     output:
-        f"{R}/entropy/increase_{{order}}.npz",
+        f"{results}/entropy/increase_{{order}}.npz",
+    log:
+        f"{results}/logs/entropy_increase/{{order}}.log",
+    benchmark:
+        f"{results}/benchmarks/entropy_increase/{{order}}.tsv"
     params:
-        n=E["n"],
-        est=E["estimator"],
-        alpha=E["alpha"],
+        args=experiment.entropy_increase_args(),
     resources:
-        **res("entropy"),
+        **experiment.resources("entropy"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "par entropy increase --features {input} --order {wildcards.order} --n {params.n} --estimator {params.est} --alpha {params.alpha} --out {output}"
+        "par entropy increase --features {input} --order {wildcards.order} --out {output} {params.args} > {log} 2>&1"
 
 
 rule entropy_figures:
     input:
-        expand(f"{R}/entropy/map_{{ref}}.npz", ref=REFS),
-        expand(f"{R}/entropy/increase_{{order}}.npz", order=["par", "raster"]),
+        expand(f"{results}/entropy/map_{{ref}}.npz", ref=experiment.entropy_references()),
+        expand(f"{results}/entropy/increase_{{order}}.npz", order=["par", "raster"]),
     output:
-        f"{A}/entropy/entropy_maps.png",
-        f"{A}/entropy/entropy_increase.png",
+        f"{analysis}/entropy/entropy_maps.png",
+        f"{analysis}/entropy/entropy_increase.png",
+    log:
+        f"{results}/logs/entropy_figures/entropy_figures.log",
+    benchmark:
+        f"{results}/benchmarks/entropy_figures/entropy_figures.tsv"
+    params:
+        outdir=output_folder,
     resources:
-        **res("entropy"),
+        **experiment.resources("entropy"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "par entropy figures --maps {input} --outdir {A}/entropy"
+        "par entropy figures --maps {input} --outdir {params.outdir} > {log} 2>&1"
 
 
 rule entropy_maps:

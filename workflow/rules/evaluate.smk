@@ -1,23 +1,24 @@
 # Stage 4: FID / KID / precision-recall / IS with torch-fidelity (offline FID Inception).
 
 
-def reference_args(wc=None):
-    if reference_stats():
-        return {"stats": reference_stats()}
-    return {"images": f"{R}/reference.npz"}
-
-
 rule evaluate:
     input:
-        samples=f"{R}/samples/{{model}}/samples.npz",
-        ref=lambda wc: list(reference_args().values()),
+        samples=f"{results}/samples/{{model}}/samples.npz",
+        reference=experiment.evaluation_reference(),
     output:
-        f"{R}/metrics/{{model}}.json",
+        f"{results}/metrics/{{model}}.json",
+    log:
+        f"{results}/logs/evaluate/{{model}}.log",
+    benchmark:
+        f"{results}/benchmarks/evaluate/{{model}}.tsv"
     params:
-        ref=lambda wc: ("--reference-stats " if "stats" in reference_args() else "--reference ") + list(reference_args().values())[0],
-        args=flags(C["evaluate"]),
+        reference=experiment.evaluation_reference_flag(),
+        args=experiment.evaluate_args(),
     threads: 2
     resources:
-        **res("evaluate"),
+        **experiment.resources("evaluate"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} par evaluate --samples {input.samples} {params.ref} --out {output} {params.args} --meta model={wildcards.model}"
+        "OMP_NUM_THREADS={threads} par evaluate --samples {input.samples} {params.reference} {input.reference} "
+        "--out {output} {params.args} --meta model={wildcards.model} > {log} 2>&1"

@@ -1,28 +1,52 @@
-# Stage 5: every table (Markdown, CSV, LaTeX) from the result files, then the report people read first.
-TABLES = sorted(config["tables"])
+# Stage 5: every table (Markdown, CSV, LaTeX) from the result files, then the report people read first. Both read
+# the config this run used (<results>/<preset>/workflow-config.yaml, written by common.smk), not config.yaml.
 
 
 rule tables:
     input:
-        metrics=expand(f"{R}/metrics/{{model}}.json", model=MODELS),
-        sampling=expand(f"{R}/samples/{{model}}/sampling.json", model=MODELS),
+        config=config_file,
+        metrics=expand(f"{results}/metrics/{{model}}.json", model=models),
+        sampling=expand(f"{results}/samples/{{model}}/sampling.json", model=models),
     output:
-        expand(f"{A}/tables/{{table}}.{{ext}}", table=TABLES, ext=["md", "csv", "tex"]),
+        expand(f"{analysis}/tables/{{table}}.{{ext}}", table=experiment.tables, ext=["md", "csv", "tex"]),
+    log:
+        f"{results}/logs/tables/tables.log",
+    benchmark:
+        f"{results}/benchmarks/tables/tables.tsv"
+    params:
+        preset=experiment.preset_name,
+        results=results_folder,
+        out=output_folder,
     resources:
-        **res("report"),
+        **experiment.resources("report"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "par tables --config config.yaml --preset {P} --results {R} --out {A}/tables"
+        "par tables --config {input.config} --preset {params.preset} --results {params.results} --out {params.out} "
+        "> {log} 2>&1"
 
 
 rule report:
     input:
         rules.tables.output,
         rules.entropy_figures.output,
-        expand(f"{R}/samples/{{model}}/grid.png", model=MODELS),
+        expand(f"{results}/samples/{{model}}/grid.png", model=models),
+        config=config_file,
     output:
-        md=f"{A}/report.md",
-        html=f"{A}/report.html",
+        md=f"{analysis}/report.md",
+        html=f"{analysis}/report.html",
+    log:
+        f"{results}/logs/report/report.log",
+    benchmark:
+        f"{results}/benchmarks/report/report.tsv"
+    params:
+        preset=experiment.preset_name,
+        results=results_folder,
+        analysis=output_folder,
     resources:
-        **res("report"),
+        **experiment.resources("report"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "par report --config config.yaml --preset {P} --results {R} --analysis {A}"
+        "par report --config {input.config} --preset {params.preset} --results {params.results} "
+        "--analysis {params.analysis} > {log} 2>&1"

@@ -4,15 +4,23 @@
 rule sample:
     input:
         model=model_file,
-        vq=vq_file(),
+        vq=experiment.vq_path(),
     output:
-        npz=f"{R}/samples/{{model}}/samples.npz",
-        meta=f"{R}/samples/{{model}}/sampling.json",
-        grid=f"{R}/samples/{{model}}/grid.png",
+        npz=f"{results}/samples/{{model}}/samples.npz",
+        meta=f"{results}/samples/{{model}}/sampling.json",
+        grid=f"{results}/samples/{{model}}/grid.png",
+    log:
+        f"{results}/logs/sample/{{model}}.log",
+    benchmark:
+        f"{results}/benchmarks/sample/{{model}}.tsv"
     params:
-        args=sample_flags,
+        out=output_folder,
+        args=sample_args,
     threads: 1
     resources:
-        **res("sample"),
+        **experiment.resources("sample"),
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} par sample --model {input.model} --vq {input.vq} --out {R}/samples/{wildcards.model} {params.args}"
+        "OMP_NUM_THREADS={threads} par sample --model {input.model} --vq {input.vq} --out {params.out} "
+        "{params.args} > {log} 2>&1"

@@ -8,11 +8,19 @@ localrules:
 
 rule train:
     input:
-        f"{R}/tokens/manifest.json",
+        f"{results}/tokens/manifest.json",
     output:
-        f"{R}/models/{{model}}/model.pt",
+        f"{results}/models/{{model}}/model.pt",
+    log:
+        f"{results}/logs/train/{{model}}.log",
+    benchmark:
+        f"{results}/benchmarks/train/{{model}}.tsv"
     params:
-        args=train_flags,
+        tokens=input_folder,
+        out=output_folder,
+        args=train_args,
     threads: 1
+    conda:
+        "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} par train --data {R}/tokens --out {R}/models/{wildcards.model} {params.args}"
+        "OMP_NUM_THREADS={threads} par train --data {params.tokens} --out {params.out} {params.args} > {log} 2>&1"

@@ -1,0 +1,220 @@
+"""What the Snakemake workflow computes from its config, without Snakemake and without torch.
+
+`workflow/rules/common.smk` builds one `Experiment` from Snakemake's `config` (config.yaml plus any `--configfile`
+and `--config` overrides). Building it checks the whole config with `par.config.check_workflow_config`, so a wrong
+key, type or value in any preset stops `snakemake -n` with the key's path. The rules then read their paths, the
+flags of their `par` command (shell-quoted strings, passed as `params:`) and their scheduler resources from it.
+
+Flags carry only the keys the config writes (the command's own defaults cover the rest), layered as the rules
+always did: e.g. `par train` gets the preset's `train` section overlaid with the model's entry, and the cluster
+request of the model's `resources` entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+
+from par.config import (ClusterSettings, EvaluateSettings, SampleSettings, TinysetSettings, TokenizeSettings,
+                        TrainSettings, VQTrainSettings, check_workflow_config, flags)
+from par.errors import UserError
+
+CONFIG_FILE_NAME = "workflow-config.yaml"
+
+
+def quoted(args: list) -> str:
+    """An argument list as one shell-quoted string."""
+    return shlex.join(str(a) for a in args)
+
+
+def file_name(url: str) -> str:
+    """The name a downloaded file is stored under (the last part of its URL)."""
+    return url.rsplit("/", 1)[-1]
+
+
+# Params functions: Snakemake calls them with the job's wildcards and input/output files, so a folder argument is
+# derived from the files the rule declares (never a second, hard-coded copy of their path).
+
+def input_folder(wildcards, input) -> str:  # noqa: A002 — Snakemake passes it by this name
+    """The folder of a job's first input file (e.g. the token folder of `tokens/manifest.json`)."""
+    return os.path.dirname(input[0])
+
+
+def results_folder(wildcards, input) -> str:  # noqa: A002
+    """`<results>/<preset>`: the folder of the job's `config` input (`<results>/<preset>/workflow-config.yaml`)."""
+    return os.path.dirname(input.config)
+
+
+def output_folder(wildcards, output) -> str:
+    """The folder of a job's first output file (the folder a command writes into)."""
+    return os.path.dirname(output[0])
+
+
+class Experiment:
+    """The active preset of a workflow config: paths, model names, and each rule's flags and resources."""
+
+    def __init__(self, config: dict):
+        self.config = json.loads(json.dumps(config))  # plain dicts and lists (Snakemake may hand a subclass)
+        self.settings = check_workflow_config(self.config)
+        self.preset_name = self.settings.preset
+        self.preset = self.settings.presets[self.preset_name]  # checked, defaults filled in
+        self.written = self.config["presets"][self.preset_name]  # as written: flags come from the keys given
+        self.results = f"{self.settings.results}/{self.preset_name}"
+        self.analysis = self.settings.analysis
+        self.models = sorted(self.written["models"])
+        self.tables = sorted(self.settings.tables)
+        self.config_file = f"{self.results}/{CONFIG_FILE_NAME}"
+        if self.preset.data.source == "imagefolder" and not self.preset.data.images:
+            raise UserError(f"presets.{self.preset_name}.data.images: required when data.source is imagefolder")
+
+    def _section(self, name: str) -> dict:
+        return self.written.get(name) or {}
+
+    def _entry(self, model: str) -> dict:
+        return self.written["models"][model]
+
+    # ---------------------------------------------------------------------------------------- the config itself
+
+    def config_text(self) -> str:
+        """The effective config (after every override) as YAML: what `par tables/report --config` read."""
+        import yaml
+
+        return yaml.safe_dump(self.config, sort_keys=False, allow_unicode=True, width=120)
+
+    def write_config(self) -> bool:
+        """Write `<results>/<preset>/workflow-config.yaml` when its content changed (atomically), so that the
+        rules reading it rerun exactly when the configuration did. Returns whether it was written."""
+        from par.io import write_text
+
+        path, text = Path(self.config_file), self.config_text()
+        if path.is_file() and path.read_text() == text:
+            return False
+        write_text(path, text)
+        return True
+
+    # ---------------------------------------------------------------------------------------- data and tokenizer
+
+    @property
+    def uses_tinyset(self) -> bool:
+        return self.preset.data.source == "tinyset"
+
+    def tinyset_args(self) -> str:
+        return quoted(flags(TinysetSettings, self._section("data").get("tinyset") or {}))
+
+    def reference_tinyset_args(self) -> str:
+        """The tinyset flags with the reference seed: a second, disjoint draw (held-out real images for FID)."""
+        tinyset = self._section("data").get("tinyset") or {}
+        return quoted(flags(TinysetSettings, tinyset, {"seed": self.preset.data.reference_seed}))
+
+    def image_folder(self, wildcards, input) -> str:  # noqa: A002 — a Snakemake params function
+        """The training images: the generated tinyset (the folder of its marker file), or `data.images`."""
+        return os.path.dirname(input.images) if self.uses_tinyset else self.preset.data.images
+
+    def reference_image_folder(self, wildcards, input) -> str:  # noqa: A002 — a Snakemake params function
+        """The held-out real images: the reference tinyset, or `<results>/reference_images` filled by hand."""
+        return os.path.dirname(input.images) if self.uses_tinyset else f"{self.results}/reference_images"
+
+    def reference_args(self) -> str:
+        """`par make-reference`: real images at the evaluation size."""
+        return quoted(["--size", self.preset.sample.image_size, "--max-images", self.preset.data.reference_images])
+
+    def vq_train_args(self) -> str:
+        return quoted(flags(VQTrainSettings, self._section("tokenizer").get("train") or {}))
+
+    def tokenize_args(self) -> str:
+        return quoted(flags(TokenizeSettings, self._section("tokenize")))
+
+    def vq_path(self) -> str:
+        """The VQ tokenizer: a local checkpoint, a released one (downloaded), or the one `train_vq` writes."""
+        tok = self.preset.tokenizer
+        if tok.checkpoint:
+            return tok.checkpoint
+        if tok.url:
+            return f"{self.results}/downloads/{file_name(tok.url)}"
+        return f"{self.results}/vq/vq.pt"
+
+    def reference_stats(self) -> str:
+        """Precomputed FID statistics (downloaded or local), or '' when the reference images are packed here."""
+        data = self.preset.data
+        if data.reference_stats_url:
+            return f"{self.results}/downloads/{file_name(data.reference_stats_url)}"
+        return data.reference_stats
+
+    def download_source(self, file: str) -> tuple[str, str]:
+        """(url, sha256) of the released file stored as `<results>/downloads/<file>`."""
+        tok, data = self.preset.tokenizer, self.preset.data
+        for url, sha in ((tok.url, tok.sha256), (data.reference_stats_url, data.reference_stats_sha256)):
+            if url and file_name(url) == file:
+                return url, sha
+        raise UserError(f"no download configured for {file} in preset {self.preset_name}")
+
+    def fetch_args(self, file: str) -> str:
+        url, sha = self.download_source(file)
+        return quoted(["--url", url, "--sha256", sha])
+
+    # ---------------------------------------------------------------------------------------- models
+
+    def released(self, model: str) -> str:
+        """The released checkpoint of `model` ('' when it is trained here)."""
+        return self._entry(model).get("checkpoint", "")
+
+    def model_path(self, model: str) -> str:
+        return self.released(model) or f"{self.results}/models/{model}/model.pt"
+
+    def trained_models(self) -> list[str]:
+        return [m for m in self.models if not self.released(m)]
+
+    def train_args(self, model: str) -> str:
+        """`par train`: the preset's `train` section overlaid with the model's entry, then the cluster request
+        of the model's `resources` entry (default `train`)."""
+        entry = self._entry(model)
+        cluster = self.preset.resources_for(entry.get("resources", "train")).cluster()
+        return quoted(flags(TrainSettings, self._section("train"), entry) + flags(ClusterSettings, cluster))
+
+    def sample_args(self, model: str) -> str:
+        """`par sample`: the preset's `sample` section overlaid with the model's entry; a released checkpoint
+        carries no config, so its size, order and n are passed too."""
+        entry = self._entry(model)
+        args = flags(SampleSettings, self._section("sample"), entry)
+        if self.released(model):
+            args += ["--size", entry["size"], "--order", entry["order"], "--n", entry["n"]]
+        return quoted(args)
+
+    # ---------------------------------------------------------------------------------------- evaluation
+
+    def evaluation_reference(self) -> str:
+        """What FID compares against: precomputed statistics, or the packed reference images."""
+        return self.reference_stats() or f"{self.results}/reference.npz"
+
+    def evaluation_reference_flag(self) -> str:
+        return "--reference-stats" if self.reference_stats() else "--reference"
+
+    def evaluate_args(self) -> str:
+        return quoted(flags(EvaluateSettings, self._section("evaluate")))
+
+    # ---------------------------------------------------------------------------------------- entropy (§8)
+
+    def entropy_references(self) -> list[str]:
+        """The reference cells of the maps as file-name parts, `row_col`."""
+        return [f"{r}_{c}" for r, c in self.preset.entropy.references]
+
+    def entropy_features_args(self) -> str:
+        return quoted(["--num-images", self.preset.entropy.num_images])
+
+    def _estimator(self) -> list:
+        e = self.preset.entropy
+        return ["--estimator", e.estimator, "--alpha", e.alpha]
+
+    def entropy_map_args(self, reference: str) -> str:
+        return quoted(["--reference", reference.replace("_", ","), *self._estimator()])
+
+    def entropy_increase_args(self) -> str:
+        return quoted(["--n", self.preset.entropy.n, *self._estimator()])
+
+    # ---------------------------------------------------------------------------------------- scheduling
+
+    def resources(self, stage: str) -> dict:
+        """Snakemake resources of a stage: `resources.<stage>` over `resources.default`."""
+        return self.preset.resources_for(stage).snakemake()
