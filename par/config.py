@@ -530,6 +530,15 @@ def add_arguments(parser, cls, *, group: str | None = None, dest_prefix: str = "
         target.add_argument(_flag(f.name), **kwargs)
 
 
+def add_run_arguments(parser, *, preset_default: str | None = None, results_required: bool = True) -> None:
+    """`--config`, `--preset`, `--results`: which workflow run a reporting command reads."""
+    parser.add_argument("--config", default="config.yaml", help="workflow config the run used (default: config.yaml)")
+    parser.add_argument("--preset", required=preset_default is None, default=preset_default,
+                        help="preset under `presets`" + (f" (default: {preset_default})" if preset_default else ""))
+    parser.add_argument("--results", required=results_required,
+                        help="results/<preset> directory" + ("" if results_required else " (default: results/<preset>)"))
+
+
 def from_args(cls, args, *, dest_prefix: str = "", config_file: str | None = None):
     """The `cls` settings of a command: its `--config` file (checked like a preset section), then the flags
     given on the command line over it. Required fields that are still empty are one clear error."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -58,6 +59,77 @@ def atomic_path(path: str | Path, needed: int | None = None):
             os.unlink(tmp)
 
 
+# -- claims: concurrent workers split the work on one folder instead of repeating it ----------------------
+
+
+def lock_path(path) -> Path:
+    """The lock file of the claim on `path`: ``<path>.lock``, next to it."""
+    return Path(f"{path}.lock")
+
+
+class Claim:
+    """This process's exclusive claim on making one file (an `flock` held on its lock file)."""
+
+    def __init__(self, fd: int | None, lock: Path):
+        self.fd, self.lock = fd, lock
+
+    def release(self) -> None:
+        """Drop the claim and remove the lock file (safe: while we hold it, the path is our lock's)."""
+        if self.fd is None:
+            return
+        try:
+            self.lock.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+def try_claim(path, blocking: bool = False) -> Claim | None:
+    """Claim the making of `path` (exclusive `flock` on ``<path>.lock``), or None if another live process
+    holds the claim (with `blocking`: wait for it). The kernel drops a lock when its holder dies, so a dead
+    worker's claim is simply taken over. The lock file is removed on `Claim.release`; a claimant that locked a
+    lock file just removed by its finishing holder retries on the current one (inode check), so at most one
+    process holds the claim of a path at a time. Check that the work is still to do after claiming."""
+    import fcntl
+
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise
+            return Claim(fd, lock)  # no locking on this file system: work as before (no claim, no harm)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            st = os.stat(lock)
+            same = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+        except FileNotFoundError:
+            same = False
+        if same:
+            return Claim(fd, lock)
+        os.close(fd)  # its holder finished and removed it meanwhile: claim the current lock file instead
+
+
+@contextmanager
+def claim(path: str | Path):
+    """`try_claim` as a context manager: yields whether this process holds the claim on making `path`."""
+    held = try_claim(path)
+    try:
+        yield held is not None
+    finally:
+        if held is not None:
+            held.release()
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -111,7 +183,9 @@ def torch_load(path: str | Path):
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint file not found") from None
     except Exception as e:  # noqa: BLE001 — surface one clear line
-        msg = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
-        # the fix first: a long torch message must not push it out of sight
+        # the fix first, then torch's specific reason (not its generic paragraphs, which suggest weights_only=False)
+        reason = " ".join(p.strip().replace("\n", " ") for p in str(e).split("\n\n")
+                          if p.strip() and not p.lstrip().startswith(("Weights only load failed", "Check the doc")))
+        reason = reason.split("WeightsUnpickler error:", 1)[-1].strip()
         raise UserError(f"{path}: cannot be read with torch.load(weights_only=True); re-save it as a plain state "
-                        f"dict ({type(e).__name__}: {msg[0] if msg else ''})") from None
+                        f"dict ({type(e).__name__}: {reason or str(e).strip().splitlines()[0]})") from None

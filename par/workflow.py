@@ -69,6 +69,31 @@ class Experiment:
         if self.preset.data.source == "imagefolder" and not self.preset.data.images:
             raise UserError(f"presets.{self.preset_name}.data.images: required when data.source is imagefolder")
 
+    def user_inputs(self) -> list[tuple[str, str, str]]:
+        """(config key, path, kind) of every file or folder the user supplies and the DAG needs."""
+        key, data, tok = f"presets.{self.preset_name}", self.preset.data, self.preset.tokenizer
+        out = []
+        if data.source == "imagefolder":
+            out.append((f"{key}.data.images", data.images, "folder"))
+            if not (data.reference_stats or data.reference_stats_url):
+                out.append((f"{key}.data.reference_stats", f"{self.results}/reference_images", "folder"))
+        if data.reference_stats:
+            out.append((f"{key}.data.reference_stats", data.reference_stats, "file"))
+        if tok.checkpoint:
+            out.append((f"{key}.tokenizer.checkpoint", tok.checkpoint, "file"))
+        out += [(f"{key}.models.{m}.checkpoint", self.released(m), "file") for m in self.models if self.released(m)]
+        return out
+
+    def check_inputs(self) -> None:
+        """Fail when the DAG is built (`snakemake -n`), not after hours of training, on a user-supplied path that
+        does not exist: one line naming the config key."""
+        for key, path, kind in self.user_inputs():
+            ok = Path(path).is_dir() if kind == "folder" else Path(path).is_file()
+            if not ok:
+                hint = (" (or set data.reference_stats to precomputed FID statistics)"
+                        if key.endswith("reference_stats") and kind == "folder" else "")
+                raise UserError(f"{key}: {path}: no such {kind}; fix the path in the config{hint}")
+
     def _section(self, name: str) -> dict:
         return self.written.get(name) or {}
 

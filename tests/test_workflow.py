@@ -124,6 +124,7 @@ def test_tables_and_report_read_the_config_the_run_used(tmp_path):
     which is rewritten only when it changes."""
     other = yaml.safe_load((ROOT / "config.yaml").read_text())
     other["presets"]["paper"]["sample"]["cfg_scale"] = 2.25
+    other["presets"]["paper"]["data"]["images"] = str(_imagenet_stand_in(tmp_path))
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     args = ("-n", "-p", "all_tables", "-s", str(ROOT / "workflow/Snakefile"), "--directory", str(tmp_path),
             "--configfile", str(tmp_path / "other.yaml"), "--config", "preset=paper")
@@ -139,9 +140,36 @@ def test_tables_and_report_read_the_config_the_run_used(tmp_path):
     assert used.stat().st_mtime_ns == stamp  # same config: not rewritten, so nothing reruns because of it
 
 
-def test_every_job_logs_and_benchmarks_under_results(tmp_path):
+def _imagenet_stand_in(tmp_path):
+    """An existing folder for the paper preset's `data.images` (checked when the DAG is built)."""
+    (tmp_path / "imagenet").mkdir(exist_ok=True)
+    return tmp_path / "imagenet"
+
+
+def _paper_data(tmp_path) -> list[str]:
+    """`--configfile` arguments: config.yaml, then the paper preset's images pointed at an existing folder."""
+    override = tmp_path / "paper-data.yaml"
+    override.write_text(yaml.safe_dump({"presets": {"paper": {"data": {"images": str(_imagenet_stand_in(tmp_path))}}}}))
+    return ["--configfile", str(ROOT / "config.yaml"), str(override)]
+
+
+def test_missing_user_paths_fail_the_dry_run_naming_the_key(tmp_path):
     r = _snakemake("-n", "all_tables", "--config", "preset=paper", "--directory", str(tmp_path),
                    "-s", str(ROOT / "workflow/Snakefile"), "--configfile", str(ROOT / "config.yaml"), timeout=120)
+    assert r.returncode != 0
+    assert "presets.paper.data.images: /datasets/imagenet/train: no such folder" in r.stdout + r.stderr
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["presets"]["tiny"]["models"]["par-n4"]["checkpoint"] = str(tmp_path / "released.pt")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = _snakemake("-n", "all_tables", "--directory", str(tmp_path), "-s", str(ROOT / "workflow/Snakefile"),
+                   "--configfile", str(tmp_path / "c.yaml"), timeout=120)
+    assert r.returncode != 0
+    assert f"presets.tiny.models.par-n4.checkpoint: {tmp_path}/released.pt: no such file" in r.stdout + r.stderr
+
+
+def test_every_job_logs_and_benchmarks_under_results(tmp_path):
+    r = _snakemake("-n", "all_tables", "--config", "preset=paper", "--directory", str(tmp_path),
+                   "-s", str(ROOT / "workflow/Snakefile"), *_paper_data(tmp_path), timeout=120)
     assert r.returncode == 0, (r.stderr + r.stdout)[-3000:]
     jobs = [b for b in r.stdout.split("\nrule ")[1:] if not b.startswith("all_tables")]
     assert jobs
@@ -152,7 +180,7 @@ def test_every_job_logs_and_benchmarks_under_results(tmp_path):
 
 def test_paper_dry_run_lists_every_training_job_with_gpus(tmp_path):
     r = _snakemake("-n", "-p", "all_tables", "--config", "preset=paper", "--directory", str(tmp_path),
-                   "-s", str(ROOT / "workflow/Snakefile"), "--configfile", str(ROOT / "config.yaml"))
+                   "-s", str(ROOT / "workflow/Snakefile"), *_paper_data(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     models = yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]["paper"]["models"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from par import io
 from par.analysis.tables import model_row
-from par.config import load_config
+from par.config import add_run_arguments, load_config
 
 
 def git_commit() -> str:
@@ -120,8 +120,6 @@ def cmd_report(args) -> int:
 
 def register(sub):
     p = sub.add_parser("report", help="analysis/report.md + report.html from tables, grids and figures")
-    p.add_argument("--config", default="config.yaml", help="workflow config the run used (default: config.yaml)")
-    p.add_argument("--preset", required=True, help="preset under `presets`")
-    p.add_argument("--results", required=True, help="results/<preset> directory")
+    add_run_arguments(p)
     p.add_argument("--analysis", default="analysis", help="output folder of the report (default: analysis)")
     p.set_defaults(func=cmd_report)

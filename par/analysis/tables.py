@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from par import io
-from par.config import load_config
+from par.config import add_run_arguments, load_config
 from par.errors import UserError
 
 # Reported in the paper / the authors' README (ImageNet 256, FID-50k; latency: A100, batch 1). Labelled as such.
@@ -136,8 +136,6 @@ def cmd_tables(args) -> int:
 
 def register(sub):
     p = sub.add_parser("tables", help="Tables 2 and 3(a)-(e) from result files (Markdown, CSV, LaTeX)")
-    p.add_argument("--config", default="config.yaml", help="workflow config the run used (default: config.yaml)")
-    p.add_argument("--preset", required=True, help="preset under `presets`")
-    p.add_argument("--results", required=True, help="results/<preset> directory")
+    add_run_arguments(p)
     p.add_argument("--out", default="analysis/tables", help="output folder (default: analysis/tables)")
     p.set_defaults(func=cmd_tables)

@@ -57,8 +57,33 @@ class BadImage(ValueError):
     """An image file that cannot be decoded to RGB; the message is the reason recorded in the shard."""
 
 
+# Formats whose 32-bit integer mode "I" holds 16-bit samples (Pillow scales PGM/PPM to 0..65535; PNG has no
+# 32-bit samples: older Pillow opened 16-bit grey PNGs as "I").
+_SIXTEEN_BIT_I = ("PNG", "PPM")
+
+
+def to_rgb(img):
+    """A decoded PIL image as 8-bit RGB. 8-bit modes (L, P, RGBA, CMYK, …) go through `convert("RGB")`
+    as always; 16-bit grey (mode I;16*, or I from PNG/PGM) is scaled to 8 bit as round(value / 257) — PIL's
+    own conversion clips it at 255, turning a 16-bit photo white. Other high-depth modes (32-bit integer or
+    float samples, whose range is unknown) raise `BadImage`."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format in _SIXTEEN_BIT_I):
+        v = np.asarray(img).astype(np.int64)
+        if v.min(initial=0) < 0 or v.max(initial=0) > 65535:
+            raise BadImage(f"mode {img.mode} samples outside 0..65535; re-export it as an 8- or 16-bit image")
+        return Image.fromarray(((v + 128) // 257).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("I", "F"):
+        kind = "32-bit integer" if img.mode == "I" else "floating-point"
+        raise BadImage(f"{kind} samples (PIL mode {img.mode}) of unknown range; re-export it as an 8- or 16-bit "
+                       "image")
+    return img.convert("RGB")
+
+
 def load_rgb(path):
-    """Decode an image fully (truncated files raise) and convert it to RGB (grey, CMYK, palette… are fine)."""
+    """Decode an image fully (truncated files raise) and convert it to RGB (grey, CMYK, palette… are fine;
+    16-bit grey is scaled to 8 bit, see `to_rgb`)."""
     import warnings
 
     from PIL import Image, ImageFile
@@ -70,7 +95,9 @@ def load_rgb(path):
             with open(path, "rb") as f:
                 img = Image.open(f)
                 img.load()  # PIL decodes lazily: force it so truncation is detected here
-                return img.convert("RGB")
+                return to_rgb(img)
+    except BadImage:
+        raise
     except Exception as e:  # noqa: BLE001 — PIL raises OSError, ValueError, SyntaxError, struct.error, ...
         raise BadImage(f"{type(e).__name__}: {e}".strip()) from None
 

@@ -38,9 +38,13 @@ class ImageFolder(Sequence):
     def _load(path: Path) -> np.ndarray:
         from PIL import Image
 
+        from par.data.crops import BadImage, to_rgb
+
         try:
             with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+                return np.asarray(to_rgb(im), dtype=np.uint8)  # 16-bit grey scaled to 8 bit, not clipped
+        except BadImage as e:
+            raise UserError(f"{path}: {e}") from None
         except OSError as e:
             raise UserError(f"{path}: cannot decode image ({e}); remove or re-export it") from e
 

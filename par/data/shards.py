@@ -10,15 +10,21 @@ A token directory holds:
 * ``manifest.json``: rebuilt from the shards' own metadata (so concurrent writers agree); it records,
   among others, ``grid``, ``codebook_size``, ``num_classes``, ``num_crops`` and ``crop_order`` (the name of
   each crop index; the centre crop is the one named ``"center"``) and each shard's size and codes offset.
+* while a shard (or the manifest) is being made: ``<file>.lock``, the writer's claim on it (`claim`); the
+  kernel drops the lock when its holder dies, so the next worker takes the claim over.
 
 `TokenShards` reads such a directory (all codes in memory, one crop of them, or single items straight from
 the files); `TokenDataset` is the map-style torch dataset over it (one crop drawn per item, paper §8.2).
+The reader trusts no shard: before anything is read it checks each file's arrays against the manifest (codes
+dtype, images × crops × h·w, labels), and each shard it loads for codes in 0..codebook_size−1 and labels in
+0..num_classes−1; a mismatch is one `UserError` naming the file.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -27,7 +33,7 @@ import numpy as np
 
 from par.data.crops import crop_size
 from par.errors import UserError
-from par.io import atomic_path, write_json
+from par.io import atomic_path, remove_stale_temps, try_claim, write_json
 
 FORMAT = "par-token-shards"
 VERSION = 1
@@ -39,6 +45,7 @@ CROP_ORDER = [f"{flip}{pos}" for flip in ("", "hflip-") for pos in
 SHARD_KEYS = ("codes", "labels", "indices", "meta")
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed member timestamp: shard bytes depend on content only
 MANIFEST = "manifest.json"
+CODES_DTYPE = np.dtype(np.int16)  # the codes dtype `par tokenize` writes
 
 
 def shard_name(k: int) -> str:
@@ -66,6 +73,9 @@ def crop_order_of(meta: dict, num_crops: int, source) -> list[str]:
 def centre_crop_index(crop_order: list[str]) -> int | None:
     """Index of the centre crop in `crop_order`, None if it has none."""
     return crop_order.index(CENTRE) if CENTRE in crop_order else None
+
+
+# ----------------------------------------------------------------------------- claims
 
 
 # ----------------------------------------------------------------------------- writing
@@ -146,6 +156,8 @@ def check_shard(meta: dict, expect: dict, grid_len: int) -> str | None:
     n = meta["stop"] - meta["start"] - len(meta["skipped"])
     if arrays["codes"]["shape"] != [n, NUM_CROPS, grid_len]:
         return f"codes shape {arrays['codes']['shape']} != {[n, NUM_CROPS, grid_len]}"
+    if np.dtype(arrays["codes"]["dtype"]) != CODES_DTYPE:
+        return f"codes dtype {np.dtype(arrays['codes']['dtype'])} != {CODES_DTYPE}"
     if arrays["labels"]["shape"] != [n] or arrays["indices"]["shape"] != [n]:
         return "labels/indices length does not match codes"
     return None
@@ -220,10 +232,16 @@ def build_manifest(out) -> dict:
 
 
 def finalize(out) -> Path:
-    """(Re)write DIR/manifest.json atomically from the shards; UserError if any shard is missing."""
+    """(Re)write DIR/manifest.json atomically from the shards; UserError if any shard is missing. Writers
+    take turns (a claim on the manifest), each first removing temp files a killed writer left."""
     manifest = build_manifest(out)
     path = Path(out) / MANIFEST
-    write_json(path, manifest)
+    held = try_claim(path, blocking=True)
+    try:
+        remove_stale_temps(path)
+        write_json(path, manifest)
+    finally:
+        held.release()
     return path
 
 
@@ -260,6 +278,15 @@ def _checked_shards(d: Path, m: dict) -> list[dict]:
     return m["shards"]
 
 
+def _shard_headers(p: Path) -> dict:
+    """{"codes", "labels"} → {"offset", "shape", "dtype"} of a shard file's arrays (headers only)."""
+    try:
+        with open(p, "rb") as f, zipfile.ZipFile(f) as zf:
+            return _array_headers(f, zf, ("codes", "labels"))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{p}: unreadable shard ({type(e).__name__}: {e}); re-run `par tokenize`") from None
+
+
 def _scanned_shards(d: Path, m: dict) -> list[dict]:
     """Shard entries from the files' headers, for a hand-written manifest without a shard list."""
     files = sorted(d.glob("shard-*.npz"))
@@ -268,16 +295,67 @@ def _scanned_shards(d: Path, m: dict) -> list[dict]:
                         "re-run `par tokenize` to complete it")
     shards = []
     for p in files:
-        try:
-            with open(p, "rb") as f, zipfile.ZipFile(f) as zf:
-                c = _array_headers(f, zf, ("codes",))["codes"]
-        except Exception as e:  # noqa: BLE001
-            raise UserError(f"{p}: unreadable shard ({type(e).__name__}: {e}); re-run `par tokenize`") from None
+        c = _shard_headers(p)["codes"]
         if len(c["shape"]) != 3:
             raise UserError(f"{p}: codes {tuple(c['shape'])} are not (images, crops, h·w); re-run `par tokenize`")
         shards.append({"file": p.name, "num_images": c["shape"][0], "num_crops": c["shape"][1],
                        "codes_offset": c["offset"], "codes_dtype": c["dtype"]})
     return shards
+
+
+def _verified_shards(d: Path, m: dict, shards: list[dict], num_crops: int | None) -> tuple[list[dict], int]:
+    """(shard entries, crops per image): every shard file's codes and labels headers checked against the
+    manifest — integer codes of the manifest's dtype, (images, crops, h·w) with h·w from its grid and the
+    number of images it lists, one integer label per image. Headers only: cheap. UserError names the file."""
+    want = np.dtype(m["codes_dtype"]) if m.get("codes_dtype") else None
+    grid = "×".join(str(g) for g in m["grid"])
+    tokens = int(np.prod(m["grid"]))
+    fix = "re-run `par tokenize` into a fresh --out (or delete this shard and re-run it)"
+    out = []
+    for s in shards:
+        p = d / s["file"]
+        heads = _shard_headers(p)
+        c, lab = heads["codes"], heads["labels"]
+        shape, dtype = tuple(c["shape"]), np.dtype(c["dtype"])
+        if want is not None and dtype != want:
+            raise UserError(f"{p}: codes are {dtype}, {MANIFEST} says {want}; {fix}")
+        if dtype.kind not in "iu":
+            raise UserError(f"{p}: codes are {dtype}, not integer code indices; {fix}")
+        if len(shape) != 3:
+            raise UserError(f"{p}: codes {shape} are not (images, crops, h·w); {fix}")
+        if shape[2] != tokens:
+            raise UserError(f"{p}: {shape[2]} codes per crop, but the grid {grid} in {MANIFEST} needs {tokens}; {fix}")
+        num_crops = shape[1] if num_crops is None else num_crops
+        if shape[1] != num_crops:
+            raise UserError(f"{p}: {shape[1]} crops per image, {MANIFEST} says {num_crops}; {fix}")
+        if "num_images" in s and shape[0] != s["num_images"]:
+            raise UserError(f"{p}: {shape[0]} images, {MANIFEST} says {s['num_images']}; shards changed after the "
+                            "manifest: re-run `par tokenize --finalize --out DIR`")
+        if tuple(lab["shape"]) != shape[:1] or np.dtype(lab["dtype"]).kind not in "iu":
+            raise UserError(f"{p}: labels {tuple(lab['shape'])} {np.dtype(lab['dtype'])} are not one integer class "
+                            f"per image ({shape[0]} images); {fix}")
+        out.append({**s, "num_images": shape[0], "codes_offset": c["offset"], "codes_dtype": c["dtype"]})
+    return out, NUM_CROPS if num_crops is None else num_crops
+
+
+def _max_unsigned(a: np.ndarray) -> int:
+    """max(a) with negative integers counted as huge (one pass: the unsigned view of the same bits)."""
+    if a.dtype.kind == "i":
+        a = a.view(np.dtype(f"u{a.dtype.itemsize}"))
+    return int(a.max())
+
+
+def _check_range(p: Path, what: str, a: np.ndarray, limit: int, key: str, image: int | None = None) -> None:
+    """UserError naming `p` (and the image: `image`, else a's first axis) unless every value of the integer
+    array `a` is in 0..limit−1."""
+    if a.size == 0 or _max_unsigned(a) < limit:
+        return
+    where = np.unravel_index(int(np.argmax((a < 0) | (a >= limit))), a.shape)
+    image = int(where[0]) if image is None else image
+    raise UserError(f"{p}: image {image} has {what} {int(a[where])}, outside 0..{limit - 1} "
+                    f"({key} {limit} in {MANIFEST}); "
+                    "the shard does not belong with this manifest (another VQ or class list?) or is damaged: "
+                    "re-run `par tokenize` into a fresh --out")
 
 
 class TokenShards:
@@ -288,18 +366,21 @@ class TokenShards:
     ``"center"`` in the recorded order; None if there is none). `load` reads codes into memory, `read_codes`
     one item straight from its shard. A hand-written manifest (grid, codebook_size, num_classes, num_shards)
     next to plain ``np.savez`` shards is accepted too; its crop order is format v1's.
+
+    Opening checks every shard's headers against the manifest (`_verified_shards`); every shard read is
+    checked for codes in 0..codebook_size−1 and labels in 0..num_classes−1 as it is loaded.
     """
 
     def __init__(self, dir):
         self.dir = Path(dir)
         m = self.manifest = _read_manifest(self.dir)
-        self.shards = _checked_shards(self.dir, m) if "shards" in m else _scanned_shards(self.dir, m)
+        shards = _checked_shards(self.dir, m) if "shards" in m else _scanned_shards(self.dir, m)
+        self.shards, self.num_crops = _verified_shards(self.dir, m, shards,
+                                                       int(m["num_crops"]) if "num_crops" in m else None)
         self.grid = tuple(m["grid"])
         self.codebook_size = int(m["codebook_size"])
         self.num_classes = int(m["num_classes"])
         self.class_names = list(m.get("class_names", []))
-        self.num_crops = int(m["num_crops"] if "num_crops" in m else self.shards[0]["num_crops"] if self.shards
-                             else NUM_CROPS)
         self.crop_order = crop_order_of(m, self.num_crops, self.dir / MANIFEST)
         self.centre_crop = centre_crop_index(self.crop_order)
         self._tokens = int(np.prod(self.grid))
@@ -317,17 +398,27 @@ class TokenShards:
             raise UserError(f"crop={crop!r}: use a crop index 0..{self.num_crops - 1}")
         return int(crop)
 
+    def _checked_codes(self, k: int, codes: np.ndarray, image: int | None = None) -> np.ndarray:
+        _check_range(self.dir / self.shards[k]["file"], "code", codes, self.codebook_size, "codebook_size", image)
+        return codes
+
+    def _checked_labels(self, k: int, labels: np.ndarray) -> np.ndarray:
+        _check_range(self.dir / self.shards[k]["file"], "label", labels, self.num_classes, "num_classes")
+        return labels
+
     def load(self, crop: int | None = None, num: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(codes, labels) of the first `num` images (default: all) in memory: codes (n, crops, h·w) in the
-        shards' dtype, or (n, h·w) of crop `crop`; labels (n,) int64. Only the shards needed are read."""
+        shards' dtype, or (n, h·w) of crop `crop`; labels (n,) int64. Only the shards needed are read, and
+        each is checked (codes and labels in range) as it is read."""
         crop = None if crop is None else self.check_crop(crop)
         codes, labels, have = [], [], 0
-        for s in self.shards:  # int16 ImageNet codes are 14.7 GB in all
+        for k, s in enumerate(self.shards):  # int16 ImageNet codes are 14.7 GB in all
             if num is not None and have >= num:
                 break
             with np.load(self.dir / s["file"]) as z:
-                codes.append(z["codes"] if crop is None else z["codes"][:, crop])
-                labels.append(z["labels"])
+                c = self._checked_codes(k, z["codes"])
+                codes.append(c if crop is None else c[:, crop])
+                labels.append(self._checked_labels(k, z["labels"]))
             have += len(codes[-1])
         if not codes:
             shape = (0, self._tokens) if crop is not None else (0, self.num_crops, self._tokens)
@@ -347,7 +438,7 @@ class TokenShards:
     def shard_labels(self, k: int) -> np.ndarray:
         if k not in self._labels:
             with np.load(self.dir / self.shards[k]["file"]) as z:
-                self._labels[k] = z["labels"]
+                self._labels[k] = self._checked_labels(k, z["labels"])
         return self._labels[k]
 
     @property
@@ -367,7 +458,7 @@ class TokenShards:
             buf = f.read(n * dtype.itemsize)
         if len(buf) != n * dtype.itemsize:
             raise UserError(f"{self.dir / s['file']}: truncated; re-run `par tokenize` for this shard")
-        return np.frombuffer(buf, dtype)
+        return self._checked_codes(k, np.frombuffer(buf, dtype), image=j)
 
 
 class TokenDataset:

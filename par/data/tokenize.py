@@ -7,9 +7,13 @@ The output directory (`--out DIR`) holds ``shard-{k:05d}.npz`` files and, once e
 
 Work is split into shards of ``--shard-size`` images; a process handles the shards k ≡ ``--shard`` (mod
 ``--num-shards``), keeps shards that are already complete and writes each new one atomically, so runs can
-be killed, resumed and spread over a Slurm job array. The manifest is written (atomically, and rebuilt from
-the shards, so concurrent writers agree) by whichever process sees every shard present, or by
-``par tokenize --finalize --out DIR``. The offline tiny dataset (`par make-tinyset`) is `par.data.tinyset`.
+be killed, resumed and spread over a Slurm job array. Before computing a shard a process claims it (an
+exclusive lock on ``shard-k.npz.lock``, `par.io.try_claim`), so processes working on one folder split
+the shards instead of repeating them; the claim of a killed process is taken over by the next one. The
+manifest is written (atomically, and rebuilt from the shards, so concurrent writers agree) by whichever
+process sees every shard present after writing its own, or by ``par tokenize --finalize --out DIR``.
+All inputs (images, VQ checkpoint, options, device) are checked before the output folder is created.
+The offline tiny dataset (`par make-tinyset`) is `par.data.tinyset`.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import numpy as np
 from par.cluster import array_task
 from par.config import TokenizeJob, add_arguments, from_args
 from par.data.crops import BadImage, list_images, load_rgb, ten_crop_transform
-from par.data.shards import FORMAT, NUM_CROPS, VERSION, check_shard, finalize, read_shard_meta, shard_name, write_shard
+from par.data.shards import (FORMAT, MANIFEST, NUM_CROPS, VERSION, check_shard, finalize, read_shard_meta,
+                             shard_name, write_shard)
 from par.errors import UserError
-from par.io import remove_stale_temps, sha256_file
+from par.io import remove_stale_temps, sha256_file, try_claim
 from par.progress import Progress
 
 # Test hook: sleep this many seconds after each encoded batch (lets a test kill the process mid-run).
@@ -143,25 +148,43 @@ class _Run:
                 "files_sha256": _list_digest(self.root, self.samples[start:stop])}
 
 
+def _shard_state(run: _Run, k: int, quiet: bool = False) -> str:
+    """"missing", "unreadable" or "complete" (UserError if it was written by a different run)."""
+    path = run.out / shard_name(k)
+    if not path.exists():
+        return "missing"
+    try:
+        meta = read_shard_meta(path)
+    except Exception as e:  # noqa: BLE001 — unreadable: ours to redo (writes are atomic, so rare)
+        if not quiet:
+            print(f"par tokenize: {path} is unreadable ({type(e).__name__}: {e}); re-making it", file=sys.stderr)
+        return "unreadable"
+    why = check_shard(meta, run.expect(k), run.side ** 2)
+    if why:
+        raise UserError(f"{path}: written by a different run ({why}); use a fresh --out or delete the old shards")
+    return "complete"
+
+
 def _sort_shards(run: _Run, mine: list[int]) -> tuple[list[int], list[int]]:
-    """(kept, pending): this slot's shards that are complete, and those still to (re)make."""
+    """(kept, pending): this slot's shards that are complete, and those still to (re)make. Shards no live
+    process has claimed are tidied on the way: temp files and lock files a killed run left are removed."""
     kept, pending = [], []
     for k in mine:
-        path = run.out / shard_name(k)
-        if not path.exists():
+        held = try_claim(run.out / shard_name(k))
+        if held is None:  # another live worker is making it
             pending.append(k)
             continue
-        run.vq_model()
         try:
-            meta = read_shard_meta(path)
-        except Exception as e:  # noqa: BLE001 — unreadable: ours to redo (writes are atomic, so rare)
-            print(f"par tokenize: {path} is unreadable ({type(e).__name__}: {e}); re-making it", file=sys.stderr)
-            pending.append(k)
-            continue
-        why = check_shard(meta, run.expect(k), run.side ** 2)
-        if why:
-            raise UserError(f"{path}: written by a different run ({why}); use a fresh --out or delete the old shards")
-        kept.append(k)
+            remove_stale_temps(run.out / shard_name(k))
+            (kept if _shard_state(run, k) == "complete" else pending).append(k)
+        finally:
+            held.release()
+    held = try_claim(run.out / MANIFEST)  # and a manifest temp of a writer killed while finalizing
+    if held is not None:
+        try:
+            remove_stale_temps(run.out / MANIFEST)
+        finally:
+            held.release()
     return kept, pending
 
 
@@ -176,18 +199,50 @@ def _device(device: str | None):
     return dev
 
 
+class _ClaimedBatches:
+    """The batch sampler of `_loader`: the pending shards' images in order, batches never straddling two
+    shards. Each shard is claimed just before its first batch is handed out; a shard another live worker has
+    claimed, or has finished meanwhile, is passed over. Iterated in the main process (also with DataLoader
+    workers), which therefore holds the claims; `release(k)` after shard k is written."""
+
+    def __init__(self, run: _Run, pending: list[int], batch_size: int):
+        self.run, self.pending, self.batch_size = run, pending, batch_size
+        self.claims, self.others, self.passed_images = {}, [], 0
+
+    def __iter__(self):
+        run = self.run
+        for k in self.pending:
+            start, stop = run.shard_range(k)
+            held = try_claim(run.out / shard_name(k))
+            if held is not None and _shard_state(run, k, quiet=True) == "complete":
+                held.release()
+                held = None
+            if held is None:  # being made, or just made, by another worker
+                self.others.append(k)
+                self.passed_images += stop - start
+                continue
+            remove_stale_temps(run.out / shard_name(k))
+            self.claims[k] = held
+            for b in range(start, stop, self.batch_size):
+                yield list(range(b, min(b + self.batch_size, stop)))
+
+    def release(self, k: int | None = None) -> None:
+        """Drop the claim on shard k (default: every claim still held)."""
+        for j in ([k] if k is not None else list(self.claims)):
+            self.claims.pop(j).release()
+
+
 def _loader(run: _Run, pending: list[int], batch_size: int, workers: int | None, dev):
-    """(DataLoader yielding lists of (index, crops | None, skip reason), number of images): the pending
-    shards' images in order, batches never straddling two shards."""
+    """(DataLoader yielding lists of (index, crops | None, skip reason), its `_ClaimedBatches` sampler,
+    number of images in the pending shards)."""
     import torch
 
     workers = _default_workers() if workers is None else workers
-    batches = [list(range(b, min(b + batch_size, run.shard_range(k)[1])))
-               for k in pending for b in range(*run.shard_range(k), batch_size)]
+    batches = _ClaimedBatches(run, pending, batch_size)
     loader = torch.utils.data.DataLoader(
         _ImageCrops(run.samples, ten_crop_transform(run.image_size, run.crop_range)), batch_sampler=batches,
         num_workers=workers, collate_fn=_collate_list, pin_memory=dev.type == "cuda")
-    return loader, sum(len(b) for b in batches)
+    return loader, batches, sum(run.shard_range(k)[1] - run.shard_range(k)[0] for k in pending)
 
 
 class _Shard:
@@ -218,35 +273,40 @@ class _Shard:
         write_shard(run.out / shard_name(self.k), codes, self.labels, self.indices, meta)
 
 
-def _encode(run: _Run, pending: list[int], batch_size: int, device: str | None, workers: int | None,
-            progress: bool) -> tuple[list[int], list[dict]]:
-    """Encode and write the pending shards; returns (shards written, images skipped)."""
+def _encode(run: _Run, pending: list[int], batch_size: int, dev, workers: int | None,
+            progress: bool) -> tuple[list[int], list[dict], list[int]]:
+    """Encode and write the pending shards this process can claim; returns (shards written, images skipped,
+    shards left to other workers)."""
     import torch
 
-    model = run.vq_model()
-    dev = _device(device)
-    run.model = model.to(dev).eval()
+    run.model = run.vq_model().to(dev).eval()
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     if dev.type == "cuda":  # as the reference extract_codes_c2i.py: TF32 matmuls and convolutions
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    loader, n_images = _loader(run, pending, batch_size, workers, dev)
+    loader, batches, n_images = _loader(run, pending, batch_size, workers, dev)
     delay = float(os.environ.get(BATCH_DELAY_ENV, 0) or 0)
     written, skipped, acc = [], [], None
-    with torch.inference_mode(), Progress(n_images, f"tokenize {len(pending)} shard(s)", unit="img",
-                                          enable=progress) as bar:
-        for batch in loader:
-            acc = acc or _Shard(batch[0][0] // run.shard_size)
-            acc.add(run, batch, dev)
-            bar.update(len(batch))
-            if batch[-1][0] == run.shard_range(acc.k)[1] - 1:  # last batch of the shard
-                acc.write(run)
-                written.append(acc.k)
-                skipped += acc.skipped
-                acc = None
-            if delay:
-                time.sleep(delay)
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    return written, skipped
+    try:
+        with torch.inference_mode(), Progress(n_images, f"tokenize {len(pending)} shard(s)", unit="img",
+                                              enable=progress) as bar:
+            for batch in loader:
+                acc = acc or _Shard(batch[0][0] // run.shard_size)
+                acc.add(run, batch, dev)
+                passed, batches.passed_images = batches.passed_images, 0
+                bar.update(len(batch) + passed)
+                if batch[-1][0] == run.shard_range(acc.k)[1] - 1:  # last batch of the shard
+                    acc.write(run)
+                    batches.release(acc.k)
+                    written.append(acc.k)
+                    skipped += acc.skipped
+                    acc = None
+                if delay:
+                    time.sleep(delay)
+            bar.update(batches.passed_images)
+    finally:
+        batches.release()  # claims of shards not finished (an error): free for the next run
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return written, skipped, batches.others
 
 
 def tokenize(images, vq, out, *, image_size: int = 384, crop_range: float = 1.1, shard_size: int = 1000,
@@ -254,23 +314,26 @@ def tokenize(images, vq, out, *, image_size: int = 384, crop_range: float = 1.1,
              workers: int | None = None, progress: bool = True) -> dict:
     """Ten-crop tokenise the ImageFolder `images` with the VQ checkpoint `vq` into shards under `out`.
 
-    Handles shards k ≡ `shard` (mod `num_shards`); already complete shards are kept. Writes the manifest if
-    all shards exist afterwards. Returns a summary dict (written / kept shards, skipped images, manifest)."""
+    Handles shards k ≡ `shard` (mod `num_shards`); already complete shards are kept, shards claimed by another
+    live worker are left to it. Every input is checked before `out` is created. Writes the manifest if all
+    shards exist afterwards. Returns a summary dict (written / kept / others' shards, skipped images, manifest)."""
     run = _Run(Path(images).absolute(), Path(vq).absolute(), Path(out), image_size, crop_range, shard_size)
     _check_options(run.vq, image_size, crop_range, shard_size, shard, num_shards, batch_size)
+    if run.out.exists() and not run.out.is_dir():
+        raise UserError(f"--out {run.out}: exists and is not a folder; choose a folder for the shards")
     run.classes, run.samples = list_images(run.root)
+    run.vq_model()  # loads and checks the checkpoint (and --image-size against it)
+    dev = _device(device)
+    run.vq_sha = sha256_file(run.vq)
     total = run.num_shards
     mine = list(range(shard, total, num_shards))
     run.out.mkdir(parents=True, exist_ok=True)
-    for k in mine:  # temp files of a killed run of this same process slot
-        remove_stale_temps(run.out / shard_name(k))
-    run.vq_sha = sha256_file(run.vq)
-    kept, pending = _sort_shards(run, mine)
-    written, skipped = _encode(run, pending, batch_size, device, workers, progress) if pending else ([], [])
+    kept, pending = _sort_shards(run, mine)  # also removes what a killed run of these shards left
+    written, skipped, others = _encode(run, pending, batch_size, dev, workers, progress) if pending else ([], [], [])
     summary = {"shards_total": total, "shards_mine": len(mine), "written": written, "kept": kept,
-               "skipped": skipped, "manifest": None}
+               "others": others, "skipped": skipped, "manifest": None}
     missing = [k for k in range(total) if not (run.out / shard_name(k)).exists()]
-    if not missing:
+    if not missing:  # checked after our own writes: the last writer of a shard always sees them all
         summary["manifest"] = str(finalize(run.out))
     summary["missing"] = missing
     return summary
@@ -299,9 +362,9 @@ def cmd_tokenize(args) -> int:
     for item in s["skipped"]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     print(f"shard slot {shard}/{num}: wrote {len(s['written'])} shard(s), kept {len(s['kept'])} complete, "
-          f"skipped {len(s['skipped'])} image(s); " +
+          f"left {len(s['others'])} to other workers, skipped {len(s['skipped'])} image(s); " +
           (f"manifest {s['manifest']}" if s["manifest"] else
-           f"{len(s['missing'])} of {s['shards_total']} shards still missing (other slots)"))
+           f"{len(s['missing'])} of {s['shards_total']} shards still missing (other slots or workers)"))
     return 0
 
 

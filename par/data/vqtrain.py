@@ -6,7 +6,8 @@ LlamaGen's perceptual (LPIPS) and adversarial terms need downloaded networks, so
 Augmentation as in LlamaGen's tokenizer training: ADM centre crop to 1.1× then a random crop and flip.
 
 Writes `<out>/vq.pt` (save_vq format) and `<out>/vq_metrics.json` with held-out PSNR, MSE and codebook
-usage before and after training (and rFID with `--rfid-images`).
+usage before and after training (and rFID with `--rfid-images`), and the images it could not use
+(``num_skipped``, ``skipped``: [{path, reason}]; each is also named on stderr).
 """
 
 from __future__ import annotations
@@ -24,22 +25,35 @@ from par.errors import UserError
 
 
 def _load_images(root: str, size: int, seed: int, heldout: int):
-    """uint8 (N, 3, 1.1·size, 1.1·size) centre crops, shuffled; the last `heldout` are the test split."""
-    from par.data.crops import center_crop_arr, crop_size, list_images, load_rgb
+    """(train, test, skipped): uint8 (N, 3, 1.1·size, 1.1·size) centre crops, shuffled, the last `heldout`
+    the test split; and the images that could not be used, as [{"path", "reason"}] (path relative to `root`),
+    each also reported on stderr as it is met, as `par tokenize` does."""
+    import os
+    import sys
+
+    from par.data.crops import BadImage, center_crop_arr, crop_size, list_images, load_rgb
 
     _, samples = list_images(root)
     if len(samples) <= heldout:
         raise UserError(f"--images {root}: {len(samples)} images, need more than --heldout {heldout}")
     big = crop_size(size, 1.1)
-    arrs = []
+    arrs, skipped = [], []
     for path, _ in samples:
         try:
             arrs.append(np.asarray(center_crop_arr(load_rgb(path), big)))
-        except Exception:  # noqa: BLE001 — unreadable files are the tokenizer's business to report
             continue
+        except BadImage as e:
+            reason = str(e)
+        except Exception as e:  # noqa: BLE001 — e.g. a degenerate 1-pixel-wide image (as `par tokenize`)
+            reason = f"cannot crop: {type(e).__name__}: {e}"
+        skipped.append({"path": os.path.relpath(path, root), "reason": reason})
+        print(f"par train-vq: skipped {skipped[-1]['path']}: {reason}", file=sys.stderr)
+    if len(arrs) <= heldout:
+        raise UserError(f"--images {root}: {len(arrs)} readable images ({len(skipped)} skipped, listed above), "
+                        f"need more than --heldout {heldout}; add images or lower --heldout")
     x = np.stack(arrs).transpose(0, 3, 1, 2)
     x = x[np.random.default_rng(seed).permutation(len(x))]
-    return x[:-heldout], x[-heldout:]
+    return x[:-heldout], x[-heldout:], skipped
 
 
 def _to_float(x_uint8):
@@ -106,7 +120,7 @@ def train_vq(cfg: VQTrainJob) -> dict:
     vq = VQModel(VQConfig(codebook_size=cfg.codebook_size, codebook_embed_dim=cfg.codebook_embed_dim, ch=cfg.ch,
                           encoder_ch_mult=mult, decoder_ch_mult=mult, z_channels=cfg.z_channels,
                           enc_res_blocks=cfg.res_blocks, dec_res_blocks=cfg.res_blocks))
-    train_x, test_x = _load_images(cfg.images, cfg.image_size, cfg.seed, cfg.heldout)
+    train_x, test_x, skipped = _load_images(cfg.images, cfg.image_size, cfg.seed, cfg.heldout)
     before = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
     opt = torch.optim.Adam(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -136,8 +150,8 @@ def train_vq(cfg: VQTrainJob) -> dict:
     after = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
     grid = cfg.image_size // vq.cfg.downsample
     metrics = {"config": dataclasses.asdict(cfg), "grid": [grid, grid], "train_images": len(train_x),
-               "heldout_images": len(test_x), "seconds": time.perf_counter() - t0, "before": before,
-               "after": after, "log": log}
+               "heldout_images": len(test_x), "num_skipped": len(skipped), "skipped": skipped,
+               "seconds": time.perf_counter() - t0, "before": before, "after": after, "log": log}
     save_vq(vq, out / "vq.pt")
     io.write_json(out / "vq_metrics.json", metrics)
     return metrics

@@ -186,19 +186,31 @@ def _check_folder(job: SampleJob, out: Path) -> None:
 
 
 def run(job: SampleJob, shard: int, num_shards: int, do_finalize: bool) -> None:
+    """Make this task's missing shards, then (alone, or with --finalize) pack them. The checkpoint and tokenizer
+    are loaded first: a bad input fails before anything is written into the folder. Each shard is claimed
+    before it is computed, so two workers on one folder (overlapping array tasks, a rerun while a job still
+    runs) split the shards instead of both computing every one."""
     out = Path(job.out)
+    model, vq, device = _setup(job)
     _check_folder(job, out)
     todo = [k for k in range(shard, job.num_shards, num_shards) if not shard_path(out, k).exists()]
-    model = vq = device = None
-    if todo or do_finalize:
-        model, vq, device = _setup(job)
     from par.progress import progress
 
+    others = []
     for k in progress(todo, f"sample {out.name}", enable=bool(todo)):
-        run_shard(job, k, model, vq, device)
-    # A single process that made every shard packs them itself; parallel tasks leave it to one --finalize call.
+        with io.claim(shard_path(out, k)) as mine:
+            if mine and not shard_path(out, k).exists():
+                run_shard(job, k, model, vq, device)
+            elif not mine:
+                others.append(k)
+    if others:
+        print(f"par sample: {out}: {len(others)} shard(s) claimed by another worker, left to it "
+              f"({others[:5]}{'…' if len(others) > 5 else ''})", file=sys.stderr)
+    # A single process that sees every shard packs them itself; parallel tasks leave it to one --finalize call.
     if do_finalize or (num_shards == 1 and all(shard_path(out, k).exists() for k in range(job.num_shards))):
-        finalize(job, model, vq, device)
+        with io.claim(out / "samples.npz") as mine:
+            if mine:
+                finalize(job, model, vq, device)
 
 
 def cmd_sample(args) -> int:

@@ -77,9 +77,9 @@ def cmd_plan(args) -> int:
 
 
 def register(sub):
+    from par.config import add_run_arguments
+
     p = sub.add_parser("plan", help="estimated FLOPs and GPU-hours of every job of a preset")
-    p.add_argument("--config", default="config.yaml", help="workflow config file (default: config.yaml)")
-    p.add_argument("--preset", default="paper", help="preset under `presets` (default: paper)")
-    p.add_argument("--results", help="results/<preset> (to read the token manifest if it exists)")
+    add_run_arguments(p, preset_default="paper", results_required=False)  # the token manifest, if it exists
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation (default 0.4)")
     p.set_defaults(func=cmd_plan)
