@@ -59,6 +59,9 @@ def _command(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from par.lifecycle import exit_with_parent
+
+    exit_with_parent()  # under Snakemake (PAR_EXIT_WITH_PARENT): no orphan when Snakemake dies
     command = _command(argv)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     try:

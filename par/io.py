@@ -154,8 +154,10 @@ def _tensor_bytes(obj) -> int:
 def torch_save(obj, path: str | Path) -> None:
     import torch
 
-    with atomic_path(path, needed=_tensor_bytes(obj)) as tmp:
-        torch.save(obj, tmp)
+    # through a file object: torch.save names the archive after a path, and the temp name is random, so the same
+    # object would give different bytes (and sha256) on every save
+    with atomic_path(path, needed=_tensor_bytes(obj)) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

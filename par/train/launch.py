@@ -79,6 +79,7 @@ def run_training(cfg: TrainJob, cluster: ClusterSettings, launcher: str = "slurm
         return final
     out.mkdir(parents=True, exist_ok=True)
     record = out / "job.json"
+    io.remove_stale_temps(record)  # a launcher killed while recording its job
     job_id = None
     if launcher == "slurm" and record.exists():
         prev = json.loads(record.read_text())

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,22 +131,33 @@ def _all_gather_objects(obj, world):
     return out
 
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved at a step boundary; run the same command again to resume
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, ready to resume: run the same command again
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 class PreemptionGuard:
-    """Defers the stop signal to the next step boundary, so the checkpoint written then is consistent.
+    """Turns a stop signal (TERM, USR2, INT) into a clean stop: exit with EXIT_PREEMPTED, ready to resume.
 
-    Under submitit, Slurm's timeout/preemption signal is USR2 (SIGTERM is ignored, as submitit does) and
-    after saving we hand over to submitit's handler, which requeues the job. Elsewhere (torchrun, a
-    terminal, Snakemake's own Slurm jobs) USR2 and TERM both stop the run with EXIT_PREEMPTED."""
+    * Until the first step of this process has run (start-up: data loading, model building, resuming, and that
+      first step with its compilation) there is nothing to save: the checkpoint on disk (or none) already is the
+      resume point, so a single-process run stops at once, however long compiling would take. (DDP ranks defer
+      from the start, so that they all stop at the same step boundary.)
+    * From then on the signal is deferred to the next step boundary, where the loop saves `ckpt.pt` and stops
+      (`stop`); a signal during the last step lets the run finish instead.
+    * A second signal stops at once: the last checkpoint on disk is the resume point.
+
+    Under submitit, Slurm's timeout/preemption signal is USR2 (TERM and INT are left to submitit, which ignores
+    TERM) and after saving we hand over to submitit's handler, which requeues the job. Elsewhere (a terminal,
+    Snakemake, torchrun, a Slurm job of Snakemake's own) TERM, USR2 and INT all stop the run with EXIT_PREEMPTED."""
 
     def __init__(self):
         self.under_submitit = "SUBMITIT_EXECUTOR" in os.environ
-        self.signals = (signal.SIGUSR2,) if self.under_submitit else (signal.SIGUSR2, signal.SIGTERM)
+        self.signals = (signal.SIGUSR2,) if self.under_submitit else STOP_SIGNALS
+        self.report = True  # rank 0 prints the one-line message
         self.caught: int | None = None
         self.frame = None
         self.previous = {}
+        self.deferring = False  # True once there is progress a checkpoint must keep
 
     def __enter__(self):
         for s in self.signals:
@@ -156,7 +168,12 @@ class PreemptionGuard:
         return self
 
     def _handle(self, signum, frame):
+        again = self.caught is not None
         self.caught, self.frame = signum, frame
+        if not self.deferring:
+            self.stop("before its first step: nothing new to save")
+        elif again:
+            self.stop("by a second signal, without saving (the last checkpoint is the resume point)")
 
     def __exit__(self, *exc):
         for s, h in self.previous.items():
@@ -168,8 +185,16 @@ class PreemptionGuard:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def forward_signal(self):
-        """After the checkpoint: submitit's checkpoint-and-requeue handler, or exit with EXIT_PREEMPTED."""
+    def stop(self, how: str):
+        """Report the stop in one line, then hand over to submitit's checkpoint-and-requeue handler, or exit with
+        EXIT_PREEMPTED."""
+        for s in self.signals:  # from here on a signal must not interrupt the exit
+            if s in self.previous:
+                signal.signal(s, signal.SIG_IGN)
+        name = signal.Signals(self.caught).name if self.caught else "a stop signal"
+        if self.report:
+            print(f"par train: stopped by {name} {how}; run the same command again to resume", file=sys.stderr,
+                  flush=True)
         handler = self.previous.get(self.caught or signal.SIGUSR2)
         if self.under_submitit and callable(handler):
             handler(self.caught or signal.SIGUSR2, self.frame)
@@ -190,10 +215,30 @@ def _set_rng_state(state):
 
 
 def _truncate_log(path: Path, step: int):
-    """Drop log lines written after the checkpoint we resume from (they will be recomputed)."""
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
-        io.write_text(path, "".join(ln + "\n" for ln in keep))
+    """Cut `log.jsonl` back to `step`, the step this start resumes from (0: no checkpoint, an empty log): lines
+    written after the checkpoint are recomputed, and a line a kill cut short is dropped."""
+    if not path.exists():
+        return
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    keep = []
+    for ln in lines:
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            keep.append(ln.rstrip("\n") + "\n")
+    if keep != lines:
+        io.write_text(path, "".join(keep))
+
+
+# what a training run writes into its folder (atomically: through `.<name>.<random>.tmp` files)
+RUN_FILES = ("ckpt.pt", "model.pt", "log.jsonl", "config.json")
+
+
+def remove_leftovers(out: Path) -> list[Path]:
+    """Remove the temporary files a killed run left in `out` (a checkpoint's can be as large as the checkpoint)."""
+    return [p for name in RUN_FILES for p in io.remove_stale_temps(out / name)]
 
 
 @dataclass
@@ -254,9 +299,11 @@ def build_model(cfg: TrainJob, mcfg: ModelConfig, device, rank: int):
 
 def resume(run: Run) -> int:
     """Load `ckpt.pt` if there is one (weights, EMA, optimizer, this rank's RNG state) and return its step;
-    else seed this rank's dropout stream and return 0."""
+    else seed this rank's dropout stream and return 0. `log.jsonl` is cut back to that step."""
     if not run.ckpt_path.exists():
         torch.manual_seed(run.cfg.seed * run.world + run.rank)  # per-rank dropout streams
+        if run.rank == 0:
+            _truncate_log(run.out / "log.jsonl", 0)
         return 0
     ck = io.torch_load(run.ckpt_path)
     run.model.load_state_dict(ck["model"])
@@ -370,32 +417,42 @@ def _peak_flops(device) -> float | None:
 
 
 def train(cfg: TrainJob) -> Path:
-    """Train (or resume) the run in `cfg.out`; returns the path of the final model file."""
-    rank, world, local_rank = dist_setup()
-    out = Path(cfg.out)
-    if (out / "model.pt").exists():
-        return out / "model.pt"
-    device, amp = setup_device(local_rank, cfg.precision)
-    data, per_epoch, total = load_data(cfg, world)
-    mcfg = build_model_config(cfg, data.grid, data.vocab_size, data.num_classes)
-    model, opt, ema = build_model(cfg, mcfg, device, rank)
-    run = Run(cfg, out, rank, world, local_rank, device, amp, data, per_epoch, total, mcfg, model, opt, ema)
-    run.step = resume(run)
-    run.fwd = wrap_model(run)
-    peak = _peak_flops(device)
-    with start_log(run) as bar, PreemptionGuard() as guard:
-        model.train()
-        meter = Throughput()
-        while run.step < total:
-            lr, loss, gnorm, tokens = train_step(run)
-            meter.add(tokens)
-            if run.step % cfg.log_every == 0 or run.step == total:
-                log_step(run, lr, loss, gnorm, meter, bar, peak)
-            bar.update(1)
-            if run.step % cfg.ckpt_every == 0 and run.step < total:
-                save_checkpoint(run)
-            if guard.should_stop(world):
-                save_checkpoint(run)
-                guard.forward_signal()
-    save_checkpoint(run)
-    return save_final(run)
+    """Train (or resume) the run in `cfg.out`; returns the path of the final model file. A stop signal ends it
+    with SystemExit(EXIT_PREEMPTED), after saving `ckpt.pt` when there was progress to keep (PreemptionGuard)."""
+    with PreemptionGuard() as guard:
+        rank, world, local_rank = dist_setup()
+        guard.report = rank == 0
+        guard.deferring = world > 1  # ranks must agree on the stop: at a step boundary (should_stop), never at once
+        out = Path(cfg.out)
+        if rank == 0:
+            remove_leftovers(out)
+        if (out / "model.pt").exists():
+            return out / "model.pt"
+        device, amp = setup_device(local_rank, cfg.precision)
+        data, per_epoch, total = load_data(cfg, world)
+        mcfg = build_model_config(cfg, data.grid, data.vocab_size, data.num_classes)
+        model, opt, ema = build_model(cfg, mcfg, device, rank)
+        run = Run(cfg, out, rank, world, local_rank, device, amp, data, per_epoch, total, mcfg, model, opt, ema)
+        run.step = resume(run)
+        run.fwd = wrap_model(run)
+        peak = _peak_flops(device)
+        with start_log(run) as bar:
+            model.train()
+            meter = Throughput()
+            while run.step < total:
+                lr, loss, gnorm, tokens = train_step(run)
+                guard.deferring = True  # from here on a stop saves a checkpoint first
+                meter.add(tokens)
+                if run.step % cfg.log_every == 0 or run.step == total:
+                    log_step(run, lr, loss, gnorm, meter, bar, peak)
+                bar.update(1)
+                saved = run.step % cfg.ckpt_every == 0 and run.step < total
+                if saved:
+                    save_checkpoint(run)
+                if run.step < total and guard.should_stop(world):
+                    if not saved:
+                        save_checkpoint(run)
+                    bar.close()
+                    guard.stop(f"at step {run.step}/{total}; checkpoint saved to {run.ckpt_path}")
+        save_checkpoint(run)
+        return save_final(run)

@@ -6,10 +6,12 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from par.errors import UserError
+from par.lifecycle import jobs_end_with_snakemake
 from par.workflow import Experiment, input_folder, output_folder, results_folder
 
 try:
     experiment = Experiment(config)  # checks every preset: a wrong key, type or value fails here with its path
+    experiment.check_inputs()  # and every path the user supplies: a missing one fails now, not hours later
 except UserError as e:
     raise WorkflowError(f"config: {e}") from None
 
@@ -20,6 +22,10 @@ if workflow.is_main_process:
 
 # Let a `--use-conda` environment install this checkout of `par` (envs/par.yaml: `-e ${PAR_SOURCE}`).
 os.environ.setdefault("PAR_SOURCE", str(Path(workflow.basedir).parent))
+
+# Jobs end with Snakemake (par/lifecycle.py; the rules `exec par`, so this process is the job's parent): a SIGTERM
+# reaches them too (Snakemake alone would wait for them to finish), and a job whose Snakemake died stops itself.
+jobs_end_with_snakemake()
 
 results = experiment.results
 analysis = experiment.analysis

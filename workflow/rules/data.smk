@@ -16,7 +16,7 @@ rule tinyset:
     conda:
         "../../envs/par.yaml"
     shell:
-        "par make-tinyset --out {params.out} {params.args} > {log} 2>&1"
+        "exec par make-tinyset --out {params.out} {params.args} > {log} 2>&1"
 
 
 rule reference_tinyset:
@@ -34,7 +34,7 @@ rule reference_tinyset:
     conda:
         "../../envs/par.yaml"
     shell:
-        "par make-tinyset --out {params.out} {params.args} > {log} 2>&1"
+        "exec par make-tinyset --out {params.out} {params.args} > {log} 2>&1"
 
 
 rule reference:
@@ -54,7 +54,7 @@ rule reference:
     conda:
         "../../envs/par.yaml"
     shell:
-        "par make-reference --images {params.images} --out {output} {params.args} > {log} 2>&1"
+        "exec par make-reference --images {params.images} --out {output} {params.args} > {log} 2>&1"
 
 
 rule train_vq:
@@ -77,7 +77,8 @@ rule train_vq:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} par train-vq --images {params.images} --out {params.out} {params.args} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} exec par train-vq --images {params.images} --out {params.out} {params.args} "
+        "> {log} 2>&1"
 
 
 rule tokenize:
@@ -100,7 +101,7 @@ rule tokenize:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
+        "OMP_NUM_THREADS={threads} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
         "{params.args} > {log} 2>&1"
 
 
@@ -116,4 +117,4 @@ rule fetch:
     conda:
         "../../envs/par.yaml"
     shell:
-        "par fetch --out {output} {params.args} > {log} 2>&1"
+        "exec par fetch --out {output} {params.args} > {log} 2>&1"

@@ -19,7 +19,8 @@ rule entropy_features:
     conda:
         "../../envs/par.yaml"
     shell:
-        "par entropy features --codes {params.codes} --codebook {input.vq} --out {output} {params.args} > {log} 2>&1"
+        "exec par entropy features --codes {params.codes} --codebook {input.vq} --out {output} {params.args} "
+        "> {log} 2>&1"
 
 
 rule entropy_map:
@@ -38,7 +39,7 @@ rule entropy_map:
     conda:
         "../../envs/par.yaml"
     shell:
-        "par entropy map --features {input} --out {output} {params.args} > {log} 2>&1"
+        "exec par entropy map --features {input} --out {output} {params.args} > {log} 2>&1"
 
 
 rule entropy_increase:
@@ -57,7 +58,8 @@ rule entropy_increase:
     conda:
         "../../envs/par.yaml"
     shell:
-        "par entropy increase --features {input} --order {wildcards.order} --out {output} {params.args} > {log} 2>&1"
+        "exec par entropy increase --features {input} --order {wildcards.order} --out {output} {params.args} "
+        "> {log} 2>&1"
 
 
 rule entropy_figures:
@@ -78,7 +80,7 @@ rule entropy_figures:
     conda:
         "../../envs/par.yaml"
     shell:
-        "par entropy figures --maps {input} --outdir {params.outdir} > {log} 2>&1"
+        "exec par entropy figures --maps {input} --outdir {params.outdir} > {log} 2>&1"
 
 
 rule entropy_maps:

@@ -20,5 +20,5 @@ rule evaluate:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} par evaluate --samples {input.samples} {params.reference} {input.reference} "
+        "OMP_NUM_THREADS={threads} exec par evaluate --samples {input.samples} {params.reference} {input.reference} "
         "--out {output} {params.args} --meta model={wildcards.model} > {log} 2>&1"

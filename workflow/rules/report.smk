@@ -22,8 +22,8 @@ rule tables:
     conda:
         "../../envs/par.yaml"
     shell:
-        "par tables --config {input.config} --preset {params.preset} --results {params.results} --out {params.out} "
-        "> {log} 2>&1"
+        "exec par tables --config {input.config} --preset {params.preset} --results {params.results} "
+        "--out {params.out} > {log} 2>&1"
 
 
 rule report:
@@ -48,5 +48,5 @@ rule report:
     conda:
         "../../envs/par.yaml"
     shell:
-        "par report --config {input.config} --preset {params.preset} --results {params.results} "
+        "exec par report --config {input.config} --preset {params.preset} --results {params.results} "
         "--analysis {params.analysis} > {log} 2>&1"

@@ -23,4 +23,4 @@ rule train:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} par train --data {params.tokens} --out {params.out} {params.args} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} exec par train --data {params.tokens} --out {params.out} {params.args} > {log} 2>&1"
