@@ -220,14 +220,6 @@ class VQTrainSettings:
 
 
 @dataclass(kw_only=True)
-class VQTrainJob(VQTrainSettings):
-    """One `par train-vq` run."""
-
-    images: str = knob("", "ImageFolder root", required=True)
-    out: str = knob("", "output folder: vq.pt, vq_metrics.json", required=True)
-
-
-@dataclass(kw_only=True)
 class TokenizerSettings:
     """The preset's VQ tokenizer: a local file, a release to download, or one trained by `par train-vq`."""
 
@@ -235,6 +227,14 @@ class TokenizerSettings:
     url: str = knob("", "download URL of a released tokenizer (fetched once by `par fetch`)")
     sha256: str = knob("", "expected sha256 of the downloaded tokenizer")
     train: VQTrainSettings = knob(factory=VQTrainSettings, help="settings of `par train-vq` when neither is given")
+
+
+@dataclass(kw_only=True)
+class VQTrainJob(VQTrainSettings):
+    """One `par train-vq` run."""
+
+    images: str = knob("", "ImageFolder root", required=True)
+    out: str = knob("", "output folder: vq.pt, vq_metrics.json", required=True)
 
 
 @dataclass(kw_only=True)

@@ -68,8 +68,8 @@ def test_timeout_requeue_resumes_to_identical_weights(slurm_env, tmp_path):
 
 def test_rerun_reattaches_instead_of_submitting_twice(slurm_env, tmp_path):
     data = make_token_dir(tmp_path / "d")
-    cfg = tiny_cfg(data, tmp_path / "run", max_steps=150, ckpt_every=1000)
-    cmd = [sys.executable, "-m", "par", "train", "--launcher", "slurm", "--partition", "gpu", "--cpus-per-task", "1",
+    cfg = tiny_cfg(data, tmp_path / "run", max_steps=150, ckpt_every=1000, launcher="slurm")
+    cmd = [sys.executable, "-m", "par", "train", "--partition", "gpu", "--cpus-per-task", "1",
            "--time-min", "10", "--poll-s", "0.5"]
     for k, v in asdict(cfg).items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
