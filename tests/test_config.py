@@ -130,7 +130,7 @@ def _undocumented(parser: argparse.ArgumentParser, path: str) -> list[str]:
 def test_every_option_of_every_command_has_help(command):
     parser = cli.build_parser(command)
     top = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert top.choices[command].add_help  # a real parser, not the placeholder listed by `par --help`
+    assert top.choices[command].add_help  # a real parser, not the help-only entry `par --help` lists
     assert not _undocumented(top.choices[command], f"par {command}")
 
 

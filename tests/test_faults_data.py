@@ -31,19 +31,7 @@ SIZE = 8  # tokenizer input side: a 4x4 grid with the 2x-downsampling VQ below
 TOK = ["--image-size", str(SIZE), "--shard-size", "2", "--batch-size", "1", "--device", "cpu", "--workers", "0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores; one thread also keeps CPU conv results identical between runs
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def no_slurm(monkeypatch):
-    for k in list(os.environ):
-        if k.startswith("SLURM_ARRAY"):
-            monkeypatch.delenv(k)
+from test_data import no_slurm, one_thread  # noqa: E402,F401 — the same autouse fixtures (one thread, no array env)
 
 
 def _tree(root: Path) -> dict:

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -90,6 +89,20 @@ def _kill_if_running(*pids):
     for pid in pids:
         if pid and not _gone(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def _assert_stopped_and_saved(out: Path, log: Path, *, after_parent_died: bool = False) -> int:
+    """The run in `out` stopped on SIGTERM with its one-line message, its checkpoint and log.jsonl agree on the
+    step, and nothing half-written is left. Returns that step."""
+    text = log.read_text()
+    if after_parent_died:
+        assert re.search(r"par: parent process \d+ is gone; stopping", text), text[-2000:]
+    m = re.fullmatch(STOPPED_AT.format(sig="SIGTERM", total=100000), _last_line(log))
+    assert m, text[-2000:]
+    step = int(m[1])
+    assert _load(out / "ckpt.pt")["step"] == step and _steps(out / "log.jsonl") == list(range(1, step + 1))
+    assert _leftovers(out) == []
+    return step
 
 
 def _assert_same(a, b, where="ckpt"):
@@ -342,12 +355,7 @@ def test_train_under_a_parent_that_dies_saves_and_exits(tmp_path):
         _wait_for(lambda: _gone(child), timeout=30, what="the orphaned training to exit")
     finally:
         _kill_if_running(parent.pid, child)
-    text = err.read_text()
-    assert re.search(r"par: parent process \d+ is gone; stopping", text), text[-2000:]
-    m = re.fullmatch(STOPPED_AT.format(sig="SIGTERM", total=100000), _last_line(err))
-    assert m, text[-2000:]
-    assert _load(out / "ckpt.pt")["step"] == int(m[1]) and _steps(out / "log.jsonl") == list(range(1, int(m[1]) + 1))
-    assert _leftovers(out) == []
+    _assert_stopped_and_saved(out, err, after_parent_died=True)
 
 
 def test_sigterm_to_snakemake_reaches_its_running_jobs(monkeypatch):
@@ -400,11 +408,14 @@ def _job_of(snakemake: subprocess.Popen, timeout=120) -> int:
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        kids = psutil.Process(snakemake.pid).children()
-        if kids:
-            cmd = kids[0].cmdline()
-            assert "par" in os.path.basename(cmd[1]) and cmd[2] == "train", cmd  # python …/bin/par train …
-            return kids[0].pid
+        for kid in psutil.Process(snakemake.pid).children():  # other helpers come and go (e.g. `scontrol`)
+            try:
+                cmd = kid.cmdline()
+            except psutil.NoSuchProcess:
+                continue
+            if len(cmd) > 2 and cmd[2] == "train":
+                assert "par" in os.path.basename(cmd[1]), cmd  # python …/bin/par train …, no shell in between
+                return kid.pid
         assert snakemake.poll() is None, "snakemake ended before starting the training job"
         time.sleep(0.1)
     pytest.fail("snakemake started no job")
@@ -425,11 +436,8 @@ def test_snakemake_sigterm_and_kill_9_stop_the_training_job_which_then_resumes(t
         assert sm.wait(timeout=60) == 1  # the job "failed" (75): nothing further runs
     finally:
         _kill_if_running(sm.pid, job)
-    m = re.fullmatch(STOPPED_AT.format(sig="SIGTERM", total=100000), _last_line(job_log))
-    assert m, job_log.read_text()[-2000:]
-    first = int(m[1])
-    assert _load(out / "ckpt.pt")["step"] == first and _steps(out / "log.jsonl") == list(range(1, first + 1))
-    assert _leftovers(out) == [] and not (out / "model.pt").exists()
+    first = _assert_stopped_and_saved(out, job_log)
+    assert not (out / "model.pt").exists()
     # kill -9 of snakemake: the orphaned job notices, saves and exits; the run had resumed from `first`
     sm = _snakemake_train(wd)
     job = None
@@ -441,12 +449,7 @@ def test_snakemake_sigterm_and_kill_9_stop_the_training_job_which_then_resumes(t
         _wait_for(lambda: _gone(job), timeout=30, what="the orphaned training job to stop")
     finally:
         _kill_if_running(sm.pid, job)
-    text = job_log.read_text()
-    assert re.search(r"par: parent process \d+ is gone; stopping", text), text[-2000:]
-    m = re.fullmatch(STOPPED_AT.format(sig="SIGTERM", total=100000), _last_line(job_log))
-    assert m and int(m[1]) >= first + 10, text[-2000:]
-    assert _load(out / "ckpt.pt")["step"] == int(m[1]) and _steps(out / "log.jsonl") == list(range(1, int(m[1]) + 1))
-    assert _leftovers(out) == []
+    assert _assert_stopped_and_saved(out, job_log, after_parent_died=True) >= first + 10
 
 
 # -- 4. kill-at-random soaks -----------------------------------------------------------------------
