@@ -17,10 +17,12 @@ from par.errors import EXIT_ENVIRONMENT, EXIT_USER, EnvironmentFault, UserError,
 # command → (module, one-line help)
 COMMANDS = {
     # workflow/rules/data.smk
+    "prepare-images": ("par.data.split", "a preset's images as ImageFolder train/ and test/ (IDX or folders)"),
     "make-tinyset": ("par.data.tinyset", "offline tiny ImageFolder from scikit-image's bundled photos"),
     "make-reference": ("par.data.reference", "pack real images (ADM centre crop) into an ADM npz for FID"),
     "train-vq": ("par.data.vqtrain", "train a small VQ tokenizer (the CPU presets' stand-in for VQ-16)"),
     "tokenize": ("par.data.tokenize", "ten-crop VQ pre-tokenisation of an ImageFolder into shards + manifest"),
+    "train-classifier": ("par.eval.classifier", "small CNN on the train split: features for FID/KID, class accuracy"),
     "fetch": ("par.data.fetch", "download a released file with checksum verification (paper preset)"),
     # workflow/rules/train.smk
     "train": ("par.train.launch", "train a PAR / LlamaGen model (in-process, local DDP or Slurm via submitit)"),
@@ -28,6 +30,7 @@ COMMANDS = {
     # workflow/rules/sample.smk, evaluate.smk
     "sample": ("par.eval.sample", "sharded class-conditional sampling → ADM npz, grid, sampling.json"),
     "evaluate": ("par.eval.metrics", "FID / KID / precision-recall / IS of samples against a reference"),
+    "nll": ("par.eval.nll", "held-out NLL per token (teacher forcing; exact for any order and n)"),
     "bench": ("par.eval.bench", "benchmarks (JSON + markdown under analysis/bench/)"),
     # workflow/rules/entropy.smk
     "entropy": ("par.analysis.entropy", "§8 conditional-entropy analysis: features, maps, increase, figures"),

@@ -183,15 +183,43 @@ class TinysetSettings:
 
 
 @dataclass(kw_only=True)
-class DataSettings:
-    """Where a preset's images come from, and the real images FID is measured against."""
+class SplitSettings:
+    """A preset's own images and their held-out split (`par prepare-images`): what trains, what is held out."""
 
-    source: str = knob("tinyset", "tinyset (generated offline) or imagefolder (your images)",
-                       choices=("tinyset", "imagefolder"))
-    images: str = knob("", "ImageFolder root (one sub-folder per class) when source is imagefolder")
+    images: str = knob("", "imagefolder: ImageFolder root (one sub-folder per class); idx: the training images "
+                       "IDX file (gzipped or not)")
+    labels: str = knob("", "idx: the training labels IDX file")
+    heldout_images: str = knob("", "the held-out split: an ImageFolder root, or (idx) the test images IDX file; "
+                               "empty (imagefolder) → hold out `heldout_fraction` of every class")
+    heldout_labels: str = knob("", "idx: the test labels IDX file")
+    heldout_fraction: float = knob(0.1, "imagefolder without heldout_images: fraction of every class held out",
+                                   minimum=0, maximum=1)
+    pad_to: int = knob(0, "idx: zero-pad images to this square side (28 → 32 for a 16×16 grid); 0 = as stored",
+                       minimum=0)
+    train_images: int = knob(0, "keep a fixed random subset of this many training images (0 = all): enough "
+                             "for a short run, and tokenizing fewer is faster", minimum=0)
+
+
+@dataclass(kw_only=True)
+class PrepareImagesJob(SplitSettings):
+    """One `par prepare-images` run."""
+
+    source: str = knob("idx", "idx (IDX file pairs) or imagefolder", choices=("idx", "imagefolder"))
+    seed: int = knob(0, "seed of the held-out draw (imagefolder without heldout_images)")
+    out: str = knob("", "output folder: train/, test/, images.json", required=True)
+
+
+@dataclass(kw_only=True)
+class DataSettings(SplitSettings):
+    """Where a preset's images come from; the held-out split gives the FID reference, the floors and the NLL."""
+
+    source: str = knob("tinyset", "tinyset (generated offline), idx (IDX file pairs such as Fashion-MNIST) or "
+                       "imagefolder (your images)", choices=("tinyset", "idx", "imagefolder"))
     tinyset: TinysetSettings = knob(factory=TinysetSettings, help="the tiny set's generator settings")
-    reference_seed: int = knob(1, "seed of a second, disjoint tinyset draw: held-out real images for FID")
-    reference_images: int = knob(0, "real images packed into the FID reference (0 = all)", minimum=0)
+    reference_seed: int = knob(1, "tinyset: seed of a second, disjoint draw (the held-out split)")
+    reference_images: int = knob(0, "held-out images packed into the FID reference (0 = all)", minimum=0)
+    floor_images: int = knob(0, "further held-out images (disjoint from the reference) for the real and "
+                             "VQ-reconstruction floors; 0 = no floors", minimum=0)
     reference_stats: str = knob("", "precomputed FID reference statistics (ADM npz with mu/sigma)")
     reference_stats_url: str = knob("", "download URL of the reference statistics (fetched once by `par fetch`)")
     reference_stats_sha256: str = knob("", "expected sha256 of the downloaded reference statistics")
@@ -213,6 +241,8 @@ class VQTrainSettings:
     steps: int = knob(300, "optimizer steps", minimum=1)
     batch_size: int = knob(32, "images per step", minimum=1)
     lr: float = knob(1e-3, "Adam learning rate", minimum=0)
+    crop_range: float = knob(1.1, "ADM centre crop to int(image_size · crop_range), then random crops",
+                             minimum=1)
     restart_every: int = knob(10, "replace codes unused in the last window by encoder outputs; 0 = off", minimum=0)
     heldout: int = knob(128, "images kept out of training for the metrics", minimum=1)
     rfid_images: int = knob(0, "> 0: also rFID on that many held-out images (Inception on CPU is slow)", minimum=0)
@@ -234,6 +264,7 @@ class VQTrainJob(VQTrainSettings):
     """One `par train-vq` run."""
 
     images: str = knob("", "ImageFolder root", required=True)
+    test_images: str = knob("", "the preset's held-out split (ImageFolder root): PSNR on it is reported as 'test'")
     out: str = knob("", "output folder: vq.pt, vq_metrics.json", required=True)
 
 
@@ -271,8 +302,45 @@ class TokenizeStage(TokenizeSettings):
 class EvaluateSettings:
     """Sample-quality metrics (torch-fidelity, offline FID Inception)."""
 
-    metrics: str = knob("fid,kid,prc,isc", "comma list of fid, isc, kid, prc")
+    metrics: str = knob("fid,kid,prc,isc", "comma list of fid, isc, kid, prc (Inception features); empty = no "
+                        "Inception metrics")
     batch_size: int = knob(64, "images per Inception batch", minimum=1)
+    inception_images: int = knob(0, "use only the first N samples and reference images for the Inception "
+                                 "metrics (slow on a CPU); 0 = all", minimum=0)
+    classifier: bool = knob(True, "also FID/KID on the features of a classifier trained on the train split, and "
+                            "the class accuracy of the samples (`par train-classifier`)")
+    kid_blocks: int = knob(10, "classifier KID: mean over this many disjoint sample/reference blocks, whose "
+                           "spread gives its standard error", minimum=2)
+
+
+@dataclass(kw_only=True)
+class ClassifierSettings:
+    """A small CNN classifier of the preset's images: a feature space that fits the data (FID/KID), and a judge
+    of whether a sample shows the class it was asked for."""
+
+    image_size: int = knob(32, "input side (images are centre-cropped / resized to it)", minimum=8)
+    width: int = knob(32, "channels of the first block (doubled at each of the 3 blocks)", minimum=4)
+    epochs: float = knob(3, "passes over the train split", minimum=0)
+    batch_size: int = knob(128, "images per step", minimum=1)
+    lr: float = knob(3e-3, "AdamW learning rate (cosine to 0)", minimum=0)
+    seed: int = knob(0, "seed of the weights and the batches")
+
+
+@dataclass(kw_only=True)
+class ClassifierJob(ClassifierSettings):
+    """One `par train-classifier` run."""
+
+    images: str = knob("", "train split (ImageFolder root)", required=True)
+    heldout: str = knob("", "held-out split (ImageFolder root) for the test accuracy", required=True)
+    out: str = knob("", "output folder: classifier.pt, metrics.json", required=True)
+
+
+@dataclass(kw_only=True)
+class NLLSettings:
+    """Held-out likelihood: teacher-forced NLL per token on the held-out split's centre-crop tokens."""
+
+    images: int = knob(0, "held-out images scored (0 = all)", minimum=0)
+    batch_size: int = knob(256, "images per forward batch", minimum=1)
 
 
 @dataclass(kw_only=True)
@@ -317,6 +385,8 @@ class ModelEntryExtras:
     """Keys a model entry has besides its train and sample settings."""
 
     checkpoint: str = knob("", "released weights: this model is not trained")
+    seeds: int = knob(1, "training runs with seeds seed, seed+1, …; tables report mean ± standard error",
+                      minimum=1)
     resources: str = knob("train", "name of the resources entry of its training job")
 
 
@@ -349,6 +419,8 @@ class Preset:
     models: dict[str, ModelEntry] = knob(factory=dict, help="model name → its settings", required=True)
     sample: SampleSettings = knob(factory=SampleSettings, help="sampling settings shared by every model")
     evaluate: EvaluateSettings = knob(factory=EvaluateSettings, help="sample-quality metrics")
+    classifier: ClassifierSettings = knob(factory=ClassifierSettings, help="the feature classifier of the metrics")
+    nll: NLLSettings = knob(factory=NLLSettings, help="held-out NLL per token")
     entropy: EntropySettings = knob(factory=EntropySettings, help="§8 entropy analysis")
     resources: dict[str, Resources] = knob(factory=lambda: {"default": Resources()},
                                            help="stage name → scheduler request; `default` applies to every stage")

@@ -17,8 +17,9 @@ import os
 import shlex
 from pathlib import Path
 
-from par.config import (ClusterSettings, EvaluateSettings, SampleSettings, TinysetSettings, TokenizeSettings,
-                        TrainSettings, VQTrainSettings, check_workflow_config, flags)
+from par.config import (ClassifierSettings, ClusterSettings, EvaluateSettings, NLLSettings, SampleSettings,
+                        SplitSettings, TinysetSettings, TokenizeSettings, TrainSettings, VQTrainSettings,
+                        check_workflow_config, flags)
 from par.errors import UserError
 
 CONFIG_FILE_NAME = "workflow-config.yaml"
@@ -62,21 +63,32 @@ class Experiment:
         self.preset = self.settings.presets[self.preset_name]  # checked, defaults filled in
         self.written = self.config["presets"][self.preset_name]  # as written: flags come from the keys given
         self.results = f"{self.settings.results}/{self.preset_name}"
-        self.analysis = self.settings.analysis
+        self.analysis = f"{self.settings.analysis}/{self.preset_name}"
         self.models = sorted(self.written["models"])
+        # a run = one trained instance of a model: `<model>/s<k>`, k over the entry's seeds
+        self.runs = [f"{m}/s{k}" for m in self.models for k in range(self.preset.models[m].seeds)]
         self.tables = sorted(self.settings.tables)
         self.config_file = f"{self.results}/{CONFIG_FILE_NAME}"
-        if self.preset.data.source == "imagefolder" and not self.preset.data.images:
-            raise UserError(f"presets.{self.preset_name}.data.images: required when data.source is imagefolder")
+        data, key = self.preset.data, f"presets.{self.preset_name}"
+        if data.source in ("imagefolder", "idx") and not data.images:
+            raise UserError(f"{key}.data.images: required when data.source is {data.source}")
+        if data.source == "idx" and not (data.labels and data.heldout_images and data.heldout_labels):
+            raise UserError(f"{key}.data: source idx needs labels, heldout_images and heldout_labels (the IDX files "
+                            "of the train and test splits)")
+        for m in self.models:
+            if self.released(m) and self.preset.models[m].seeds != 1:
+                raise UserError(f"{key}.models.{m}.seeds: a released checkpoint is one run; remove seeds")
 
     def user_inputs(self) -> list[tuple[str, str, str]]:
         """(config key, path, kind) of every file or folder the user supplies and the DAG needs."""
         key, data, tok = f"presets.{self.preset_name}", self.preset.data, self.preset.tokenizer
         out = []
-        if data.source == "imagefolder":
-            out.append((f"{key}.data.images", data.images, "folder"))
-            if not (data.reference_stats or data.reference_stats_url):
-                out.append((f"{key}.data.reference_stats", f"{self.results}/reference_images", "folder"))
+        kind = "folder" if data.source == "imagefolder" else "file"
+        if data.source != "tinyset":
+            out += [(f"{key}.data.{name}", getattr(data, name), kind) for name in ("images", "heldout_images")
+                    if getattr(data, name)]
+            out += [(f"{key}.data.{name}", getattr(data, name), "file") for name in ("labels", "heldout_labels")
+                    if getattr(data, name)]
         if data.reference_stats:
             out.append((f"{key}.data.reference_stats", data.reference_stats, "file"))
         if tok.checkpoint:
@@ -90,9 +102,7 @@ class Experiment:
         for key, path, kind in self.user_inputs():
             ok = Path(path).is_dir() if kind == "folder" else Path(path).is_file()
             if not ok:
-                hint = (" (or set data.reference_stats to precomputed FID statistics)"
-                        if key.endswith("reference_stats") and kind == "folder" else "")
-                raise UserError(f"{key}: {path}: no such {kind}; fix the path in the config{hint}")
+                raise UserError(f"{key}: {path}: no such {kind}; fix the path in the config")
 
     def _section(self, name: str) -> dict:
         return self.written.get(name) or {}
@@ -133,17 +143,43 @@ class Experiment:
         tinyset = self._section("data").get("tinyset") or {}
         return quoted(flags(TinysetSettings, tinyset, {"seed": self.preset.data.reference_seed}))
 
-    def image_folder(self, wildcards, input) -> str:  # noqa: A002 — a Snakemake params function
-        """The training images: the generated tinyset (the folder of its marker file), or `data.images`."""
-        return os.path.dirname(input.images) if self.uses_tinyset else self.preset.data.images
+    def images_marker(self) -> str:
+        """The file that marks the preset's image splits complete (`par prepare-images` / `par make-tinyset`)."""
+        return f"{self.results}/images/{'tinyset' if self.uses_tinyset else 'images'}.json"
 
-    def reference_image_folder(self, wildcards, input) -> str:  # noqa: A002 — a Snakemake params function
-        """The held-out real images: the reference tinyset, or `<results>/reference_images` filled by hand."""
-        return os.path.dirname(input.images) if self.uses_tinyset else f"{self.results}/reference_images"
+    def heldout_marker(self) -> str:
+        """The marker of the held-out split: the reference tinyset draw, or the same `prepare-images` tree."""
+        return f"{self.results}/reference_images/tinyset.json" if self.uses_tinyset else self.images_marker()
+
+    def prepare_images_args(self) -> str:
+        return quoted(["--source", self.preset.data.source] + flags(SplitSettings, self._section("data")))
+
+    def image_folder(self, wildcards, input) -> str:  # noqa: A002 — a Snakemake params function
+        """The training images: the generated tinyset, or the `train/` split of `par prepare-images`."""
+        folder = os.path.dirname(input.images)
+        return folder if self.uses_tinyset else f"{folder}/train"
+
+    def heldout_folder(self, wildcards, input) -> str:  # noqa: A002 — a Snakemake params function
+        """The held-out images (never trained on): the reference tinyset, or the `test/` split."""
+        folder = os.path.dirname(input.heldout)
+        return folder if self.uses_tinyset else f"{folder}/test"
 
     def reference_args(self) -> str:
-        """`par make-reference`: real images at the evaluation size."""
+        """`par make-reference`: held-out real images at the evaluation size (the first draw of the split)."""
         return quoted(["--size", self.preset.sample.image_size, "--max-images", self.preset.data.reference_images])
+
+    @property
+    def floors(self) -> list[str]:
+        """The floors measured beside every table: held-out real images (real vs real), and the same images
+        through the VQ tokenizer (reconstruction). Empty when `data.floor_images` is 0 or FID uses statistics."""
+        return ["real", "recon"] if self.preset.data.floor_images and not self.reference_stats() else []
+
+    def floor_args(self, floor: str) -> str:
+        """`par make-reference` for a floor: the held-out images after the reference's, disjoint from it."""
+        data = self.preset.data
+        args = ["--size", self.preset.sample.image_size, "--offset", data.reference_images,
+                "--max-images", data.floor_images]
+        return quoted(args + (["--vq-size", self.preset.tokenize.image_size] if floor == "recon" else []))
 
     def vq_train_args(self) -> str:
         return quoted(flags(VQTrainSettings, self._section("tokenizer").get("train") or {}))
@@ -185,27 +221,50 @@ class Experiment:
         """The released checkpoint of `model` ('' when it is trained here)."""
         return self._entry(model).get("checkpoint", "")
 
-    def model_path(self, model: str) -> str:
-        return self.released(model) or f"{self.results}/models/{model}/model.pt"
+    @staticmethod
+    def split_run(run: str) -> tuple[str, int]:
+        """`<model>/s<k>` → (model, k)."""
+        model, _, k = run.rpartition("/s")
+        return model, int(k)
 
-    def trained_models(self) -> list[str]:
-        return [m for m in self.models if not self.released(m)]
+    def model_path(self, run: str) -> str:
+        model, _ = self.split_run(run)
+        return self.released(model) or f"{self.results}/models/{run}/model.pt"
 
-    def train_args(self, model: str) -> str:
-        """`par train`: the preset's `train` section overlaid with the model's entry, then the cluster request
-        of the model's `resources` entry (default `train`)."""
+    def _seeded(self, section: str, run: str) -> dict:
+        """Run k of a model trains and samples with the configured seed + k."""
+        model, k = self.split_run(run)
+        base = self._entry(model).get("seed", self._section(section).get("seed", 0))
+        return {"seed": base + k}
+
+    def train_args(self, run: str) -> str:
+        """`par train`: the preset's `train` section overlaid with the model's entry and the run's seed, then
+        the cluster request of the model's `resources` entry (default `train`)."""
+        model, _ = self.split_run(run)
         entry = self._entry(model)
         cluster = self.preset.resources_for(entry.get("resources", "train")).cluster()
-        return quoted(flags(TrainSettings, self._section("train"), entry) + flags(ClusterSettings, cluster))
+        return quoted(flags(TrainSettings, self._section("train"), entry, self._seeded("train", run))
+                      + flags(ClusterSettings, cluster))
 
-    def sample_args(self, model: str) -> str:
-        """`par sample`: the preset's `sample` section overlaid with the model's entry; a released checkpoint
-        carries no config, so its size, order and n are passed too."""
+    def sample_args(self, run: str) -> str:
+        """`par sample`: the preset's `sample` section overlaid with the model's entry and the run's seed; a
+        released checkpoint carries no config, so its size, order and n are passed too."""
+        model, _ = self.split_run(run)
         entry = self._entry(model)
-        args = flags(SampleSettings, self._section("sample"), entry)
+        args = flags(SampleSettings, self._section("sample"), entry, self._seeded("sample", run))
         if self.released(model):
             args += ["--size", entry["size"], "--order", entry["order"], "--n", entry["n"]]
         return quoted(args)
+
+    def nll_args(self) -> str:
+        return quoted(flags(NLLSettings, self._section("nll")))
+
+    def classifier_args(self) -> str:
+        return quoted(flags(ClassifierSettings, self._section("classifier")))
+
+    @property
+    def uses_classifier(self) -> bool:
+        return self.preset.evaluate.classifier and not self.reference_stats()
 
     # ---------------------------------------------------------------------------------------- evaluation
 

@@ -247,8 +247,93 @@ def test_map_increase_and_figures(par, tmp_path):
     assert par("entropy", "figures", "--maps", tmp_path / "map.npz", tmp_path / "inc_par.npz",
                tmp_path / "inc_raster.npz", "--outdir", outdir)[0] == 0
     names = sorted(p.name for p in outdir.iterdir())
-    assert names == ["entropy_increase.pdf", "entropy_increase.png", "entropy_maps.pdf", "entropy_maps.png"]
+    assert names == ["entropy_increase.pdf", "entropy_increase.png", "entropy_maps.pdf", "entropy_maps.png",
+                     "entropy_summary.json"]
     assert all((outdir / n).stat().st_size > 1000 for n in names)
+    summary = json.loads((outdir / "entropy_summary.json").read_text())
+    for key in ("increase_par", "increase_raster", "difference_par_minus_raster", "conditioning_near_reference"):
+        est = summary[key]
+        assert est["lo"] <= est["mean"] <= est["hi"] and isinstance(est["method"], str), key
+    assert [row["claim"] for row in summary["verdicts"]] == [entropy.CLAIM_NEAR, entropy.CLAIM_ORDER]
+    assert all(row["verdict"] in ("reproduced", "not resolved", "contradicted") for row in summary["verdicts"])
+    assert summary["difference_par_minus_raster"]["mean"] == pytest.approx(
+        summary["increase_par"]["mean"] - summary["increase_raster"]["mean"])
+    out = np.load(tmp_path / "map.npz")
+    np.testing.assert_allclose(out["difference"], out["entropy"] - out["unconditional"])
+    assert out["influence"].shape == out["unconditional_influence"].shape == (len(out["test_images"]), 4, 4)
+
+
+# ------------------------------------------------------------------- summary, intervals and verdicts
+
+
+def summary_of(X, refs=((1, 1), (2, 2)), n=4):
+    """entropy_summary of synthetic features, as `par entropy figures` computes it from the command outputs."""
+    maps = [{**entropy.conditioning_maps(X, ref), "reference": np.array(ref), "num_images": len(X)} for ref in refs]
+    increases = [{**entropy.entropy_increase(X, order, n), "order": np.array(order), "n": np.array(n),
+                  "num_images": len(X)} for order in ("par", "raster")]
+    return maps, entropy.entropy_summary(maps, increases)
+
+
+def test_summary_reproduces_both_claims_on_a_correlated_field():
+    # Strongly coupled 4-neighbour Gaussian field (diagonal 3.5, just above the 4×4 lattice's largest adjacency
+    # eigenvalue 3.24): a token's neighbours predict it (true conditioning effect −0.15 to −0.52 nats next to the
+    # reference), and raster's adjacent parallel tokens lose more than PAR's distant ones.
+    cov = gmrf_covariance(4, 2, diag=3.5)
+    maps, summary = summary_of(sample(cov, 4, 2, 3000, seed=5))
+    for m in maps:
+        r, c = m["reference"]
+        j = r * 4 + c
+        truth = np.array([analytic_entropy(cov, 2, i, [j]) - analytic_entropy(cov, 2, i, []) if i != j else np.nan
+                          for i in range(16)]).reshape(4, 4)
+        near = tuple(np.array(entropy._neighbour_cells((r, c), (4, 4))).T)
+        assert np.all(m["difference"][near] < 0) and np.all(truth[near] < -0.1)
+        # ... and within 3 of its own standard errors (delta method, paired over the 600 held-out images) of the truth
+        psi = m["influence"] - m["unconditional_influence"]
+        se = psi.std(axis=0, ddof=1) / math.sqrt(len(psi))
+        assert np.nanmax(np.abs(m["difference"] - truth) / se) < 3 and np.nanmax(se) < 0.05
+    near = summary["conditioning_near_reference"]
+    assert near["cells"] == 16 and near["hi"] < 0 and near["held_out_images"] == 600
+    par, raster, diff = (summary[k] for k in ("increase_par", "increase_raster", "difference_par_minus_raster"))
+    assert diff["hi"] < 0 and raster["lo"] > 0 and par["mean"] < raster["mean"]
+    assert diff["mean"] == pytest.approx(par["mean"] - raster["mean"])
+    # Paired on the same held-out images: the difference is far tighter than the two intervals side by side.
+    assert diff["se"] < math.hypot(par["se"], raster["se"])
+    rows = {row["claim"]: row for row in summary["verdicts"]}
+    assert [rows[c]["verdict"] for c in (entropy.CLAIM_NEAR, entropy.CLAIM_ORDER)] == ["reproduced"] * 2
+    assert rows[entropy.CLAIM_NEAR]["difference"] == near["mean"] and rows[entropy.CLAIM_NEAR]["se"] == near["se"]
+    assert all(row["metric"] == "differential entropy" and row["images_to_resolve"] is None for row in rows.values())
+
+
+def test_summary_does_not_resolve_independent_tokens():
+    # Independent tokens: no conditioning effect and no entropy increase in truth; the permuted-reference
+    # baseline cancels the fitting cost, so both claims stay open instead of reading noise or bias as an effect.
+    X = np.random.default_rng(6).standard_normal((3000, 4, 4, 2))
+    maps, summary = summary_of(X)
+    assert np.abs(np.nanmean([m["difference"] for m in maps])) < 0.01
+    for row in summary["verdicts"]:
+        assert row["verdict"] == "not resolved", row
+        assert abs(row["difference"]) < 2 * 1.96 * row["se"]
+        assert row["images_to_resolve"] is None or row["images_to_resolve"] > 3000
+    for order in ("par", "raster"):
+        inc = summary[f"increase_{order}"]
+        assert inc["lo"] < 0.01 and inc["hi"] > -0.01 and inc["negative_cells"] >= inc["negative_cells_within_noise"]
+
+
+def test_verdict_rule():
+    assert entropy.verdict(-1.0, 0.4) == "reproduced"
+    assert entropy.verdict(-1.0, 0.6) == "not resolved"
+    assert entropy.verdict(1.0, 0.4) == "contradicted"
+    assert entropy.verdict(0.0, 0.0) == "not resolved"
+    assert entropy.verdict(float("nan"), 0.1) == "not resolved"
+    assert entropy.verdict(1.0, 0.4, claimed_sign=+1) == "reproduced"
+
+
+def test_influence_gives_the_sampling_error_of_a_gaussian_entropy():
+    # For Gaussian residuals var(Ĥ) = d / (2m): the delta-method standard error must agree.
+    R = np.random.default_rng(7).standard_normal((4000, 3)) @ np.array([[1, 0, 0], [0.5, 1, 0], [0.2, 0.3, 0.5]])
+    h, psi = entropy.gaussian_entropy_with_influence(R)
+    assert h == pytest.approx(entropy.gaussian_entropy(R)) and psi.shape == (4000,)
+    assert psi.std(ddof=1) / math.sqrt(4000) == pytest.approx(math.sqrt(3 / 8000), rel=0.1)
 
 
 def test_bad_inputs_give_one_line_errors(par, tmp_path):
@@ -257,6 +342,7 @@ def test_bad_inputs_give_one_line_errors(par, tmp_path):
     np.savez(tmp_path / "flat.npz", features=np.zeros((50, 16, 2), np.float32))
     np.savez(tmp_path / "codes.npz", codes=np.zeros((4, 10, 15), np.int64))
     np.savez(tmp_path / "big.npz", codes=np.full((4, 16), 64))
+    np.savez(tmp_path / "oldmap.npz", entropy=np.zeros((4, 4)), reference=np.array([0, 0]))
     out = ["--out", tmp_path / "o.npz"]
     cases = [
         (("map", "--features", tmp_path / "missing.npz", "--reference", "0,0", *out), "missing.npz: no such file"),
@@ -275,6 +361,7 @@ def test_bad_inputs_give_one_line_errors(par, tmp_path):
         (("features", "--codes", tmp_path / "big.npz", "--codebook", tmp_path / "codes.npz", "--num-images", 2, *out),
          "cannot load as a torch checkpoint"),
         (("figures", "--maps", tmp_path / "feat.npz", "--outdir", tmp_path), "neither a `par entropy map`"),
+        (("figures", "--maps", tmp_path / "oldmap.npz", "--outdir", tmp_path), "older `par entropy map`); rerun it"),
     ]
     for argv, message in cases:
         rc, err = par("entropy", *argv)

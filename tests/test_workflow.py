@@ -15,16 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _fake_results(root: Path, models: dict):
     for i, m in enumerate(models):
-        (root / "metrics").mkdir(parents=True, exist_ok=True)
-        (root / "samples" / m).mkdir(parents=True, exist_ok=True)
-        (root / "models" / m).mkdir(parents=True, exist_ok=True)
         metrics = {"fid": 10.0 + i + 0.123, "kid": 0.01 * (i + 1), "precision": 0.5 + i / 100, "recall": 0.25,
                    "isc": None}
-        (root / "metrics" / f"{m}.json").write_text(json.dumps(
-            {"metrics": metrics, "unavailable": {"isc": "no Inception logits weights offline"}, "n_samples": 200}))
-        (root / "samples" / m / "sampling.json").write_text(json.dumps(
-            {"forward_calls": 100 + i, "seconds_per_image_batch1": 0.5 + i}))
-        (root / "models" / m / "config.json").write_text(json.dumps({"params": 1000 + i}))
+        for run in (f"s{k}" for k in range(models[m].get("seeds", 1))):  # every seed alike: mean = the value
+            (root / "metrics" / m).mkdir(parents=True, exist_ok=True)
+            (root / "samples" / m / run).mkdir(parents=True, exist_ok=True)
+            (root / "models" / m / run).mkdir(parents=True, exist_ok=True)
+            (root / "metrics" / m / f"{run}.json").write_text(json.dumps(
+                {"metrics": metrics, "unavailable": {"isc": "no Inception logits weights offline"}, "n_samples": 200}))
+            (root / "samples" / m / run / "sampling.json").write_text(json.dumps(
+                {"forward_calls": 100 + i, "seconds_per_image_batch1": 0.5 + i}))
+            (root / "models" / m / run / "config.json").write_text(json.dumps({"params": 1000 + i}))
 
 
 def test_every_table_cell_comes_from_a_result_file(tmp_path):
@@ -39,21 +40,21 @@ def test_every_table_cell_comes_from_a_result_file(tmp_path):
         df = pd.read_csv(tmp_path / "tables" / f"{name}.csv", index_col="row")
         for _, row in df.iterrows():
             m = row["model"]
-            metrics = json.loads((res / "metrics" / f"{m}.json").read_text())["metrics"]
-            sampling = json.loads((res / "samples" / m / "sampling.json").read_text())
-            assert row["steps"] == sampling["forward_calls"]
-            assert row["seconds_per_image"] == sampling["seconds_per_image_batch1"]
+            metrics = json.loads((res / "metrics" / m / "s0.json").read_text())["metrics"]
+            sampling = json.loads((res / "samples" / m / "s0" / "sampling.json").read_text())
+            assert row["steps"] == pytest.approx(sampling["forward_calls"])  # a mean over seeds
+            assert row["seconds_per_image"] == pytest.approx(sampling["seconds_per_image_batch1"])
             for k in ("fid", "kid", "precision", "recall"):
-                assert row[k] == metrics[k]
+                assert row[k] == pytest.approx(metrics[k])
             assert "isc" not in row or pd.isna(row["isc"])
     md = (tmp_path / "tables" / "table3b.md").read_text()
     assert "Unavailable" in md and "no Inception logits" in md and "–" in md  # IS missing, with its reason
     # change one result file: exactly that cell changes
     m = "par-n16"
-    p = tmp_path / "res" / "metrics" / f"{m}.json"
-    d = json.loads(p.read_text())
-    d["metrics"]["fid"] = 77.77
-    p.write_text(json.dumps(d))
+    for p in (tmp_path / "res" / "metrics" / m).glob("s*.json"):
+        d = json.loads(p.read_text())
+        d["metrics"]["fid"] = 77.77
+        p.write_text(json.dumps(d))
     write_tables(ROOT / "config.yaml", "tiny", tmp_path / "res", tmp_path / "tables")
     assert "77.77" in (tmp_path / "tables" / "table3b.md").read_text()
     # the paper's numbers appear only for the paper preset, labelled

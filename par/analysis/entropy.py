@@ -20,6 +20,15 @@ tokens one per step, then n consecutive positions per step). V_seq(k) = every to
 the order; V_par(k) = every token generated in a strictly earlier step. Both are prefixes of the
 order, which the linear estimator exploits: one Cholesky factor of the training Gram matrix yields
 every prefix regression.
+
+All entropies are differential entropies of continuous features, so they can be negative. Fig. 9's
+maps come with their baseline: H(v_i | v_ref) − H(v_i), H(v_i) estimated on the same held-out images
+by the same estimator fed an uninformative reference (another image's), which shows the effect of
+conditioning that the raw scale hides.
+Uncertainty: each held-out image's influence on a Gaussian entropy estimate, ψ = ½·(cᵀΣ⁻¹c − d), is
+kept with the maps, so `par entropy figures` gives every summary (mean increase per token, PAR − raster,
+the conditioning effect next to the reference) a delta-method 95 % interval over held-out images and
+turns it into a verdict on the paper's claim (entropy_summary.json).
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from par.core.order import Order
 from par.data.shards import CENTRE, MANIFEST, TokenShards, centre_crop_index, crop_order_of, default_crop_order
 from par.config import EntropySettings, field_metadata as _field_meta
 from par.errors import UserError
-from par.io import atomic_path, torch_load
+from par.io import atomic_path, torch_load, write_json
 
 ESTIMATORS = _field_meta(EntropySettings, "estimator")["choices"]
 # Ridge penalty (sklearn's scale: added to the Gram diagonal, which is ~ n_train / d for unit-norm tokens).
@@ -54,8 +63,21 @@ _LOG_2PIE = math.log(2 * math.pi * math.e)
 
 def gaussian_entropy(residuals: np.ndarray) -> np.ndarray:
     """½·log((2πe)^d·|Σ|) in nats, Σ = sample covariance of residuals (..., m, d) over the m axis."""
-    r = residuals - residuals.mean(axis=-2, keepdims=True)
-    m, d = r.shape[-2:]
+    return _gaussian(residuals)[0]
+
+
+def gaussian_entropy_with_influence(residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """gaussian_entropy and, per held-out image i, its influence ψᵢ = ½·(cᵢᵀ Σ⁻¹ cᵢ − d) (c = centred
+    residual), shape (..., m): the entropy estimate is ≈ its limit + mean(ψ), so any linear combination
+    of entropies that share held-out images has the delta-method variance var(Σ w·ψ) / m."""
+    return _gaussian(residuals, influence=True)
+
+
+def _gaussian(residuals: np.ndarray, influence: bool = False):
+    R = np.asarray(residuals, dtype=np.float64)
+    lead, (m, d) = R.shape[:-2], R.shape[-2:]
+    r = R.reshape(-1, m, d)
+    r = r - r.mean(axis=-2, keepdims=True)
     cov = np.swapaxes(r, -1, -2) @ r / (m - 1)
     sign, logdet = np.linalg.slogdet(cov)
     bad = sign <= 0
@@ -67,10 +89,15 @@ def gaussian_entropy(residuals: np.ndarray) -> np.ndarray:
         warnings.warn(
             f"{int(bad.sum())} residual covariance(s) singular; added {eps.max():.1e}·I before the log-det",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-        _, logdet[bad] = np.linalg.slogdet(cov[bad] + eps[:, None, None] * np.eye(d))
-    return 0.5 * (d * _LOG_2PIE + logdet)
+        cov[bad] += eps[:, None, None] * np.eye(d)
+        _, logdet[bad] = np.linalg.slogdet(cov[bad])
+    ent = (0.5 * (d * _LOG_2PIE + logdet)).reshape(lead)[()]
+    if not influence:
+        return ent, None
+    quad = np.einsum("kmd,kdm->km", r, np.linalg.solve(cov, np.swapaxes(r, -1, -2)))
+    return ent, (0.5 * (quad - d)).reshape(*lead, m)
 
 
 def _ridge_residuals(Xtr, Ytr, Xte, Yte, *, alpha: float) -> np.ndarray:
@@ -224,20 +251,58 @@ def entropy_map(
     features, ref, estimator="linear", *,
     alpha: float = DEFAULT_ALPHA, train_frac: float = DEFAULT_TRAIN_FRAC, seed: int = 0,
 ) -> np.ndarray:
-    """(H, W) map of H(v_i | v_ref) in nats (Fig. 9), NaN at the reference cell.
+    """(H, W) map of H(v_i | v_ref) in nats (Fig. 9), NaN at the reference cell."""
+    return _maps(features, ref, estimator, alpha, train_frac, seed, baseline=False)["entropy"]
 
-    The design matrix (the reference token) is shared by all targets, so one fit covers the map."""
+
+def conditioning_maps(
+    features, ref, estimator="linear", *,
+    alpha: float = DEFAULT_ALPHA, train_frac: float = DEFAULT_TRAIN_FRAC, seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Fig. 9 with its baseline, (H, W) maps in nats, NaN at the reference cell:
+
+    - ``entropy`` = H(v_i | v_ref);
+    - ``unconditional`` = H(v_i) estimated by the same estimator from an uninformative reference: the
+      reference token of another image (the images permuted within each split). Its inputs are as many
+      as the conditioned fit's, so the cost of fitting them (≈ d²/(2·n_train) nats for the linear
+      estimator, often as large as the standard error) cancels in the difference;
+    - ``difference`` = entropy − unconditional, the effect of conditioning on v_ref (≤ 0 in truth);
+    - ``marginal``: the plain H(v_i) of the held-out tokens (no predictor; also at the reference cell).
+
+    ``influence`` and ``unconditional_influence`` (m, H, W) are the per-held-out-image influences of the
+    two entropies (see gaussian_entropy_with_influence), ``test_images`` the m held-out image indices."""
+    return _maps(features, ref, estimator, alpha, train_frac, seed, baseline=True)
+
+
+def _maps(features, ref, estimator, alpha: float, train_frac: float, seed: int, baseline: bool) -> dict:
+    """The design matrix (the reference token) is shared by all targets, so one fit covers a map."""
     fit = _residual_fn(estimator, alpha, seed)
     Z, tr, te = _prepare(features, train_frac, seed)
-    _, H, W, d = np.shape(features)
+    N, H, W, d = np.shape(features)
     j = _flat_cell(ref, H, W)
     others = np.delete(np.arange(H * W), j)
+    T = Z.reshape(N, H * W, d)
     X = Z[:, j * d:(j + 1) * d]
-    Y = Z.reshape(len(Z), H * W, d)[:, others].reshape(len(Z), -1)
-    R = fit(X[tr], Y[tr], X[te], Y[te]).reshape(len(te), len(others), d)
-    out = np.full(H * W, np.nan)
-    out[others] = gaussian_entropy(R.transpose(1, 0, 2))
-    return out.reshape(H, W)
+    Y = T[:, others].reshape(N, -1)
+
+    def conditional(X):
+        R = fit(X[tr], Y[tr], X[te], Y[te]).reshape(len(te), len(others), d)
+        ent, infl = np.full(H * W, np.nan), np.full((H * W, len(te)), np.nan)
+        ent[others], infl[others] = gaussian_entropy_with_influence(R.transpose(1, 0, 2))
+        return ent.reshape(H, W), infl.T.reshape(len(te), H, W)
+
+    ent, infl = conditional(X)
+    out = {"entropy": ent, "influence": infl, "test_images": te}
+    if baseline:
+        rng = np.random.default_rng([seed, 1])
+        shuffled = np.empty(N, dtype=int)
+        for split in (tr, te):
+            shuffled[split] = split[rng.permutation(len(split))]
+        base, base_infl = conditional(X[shuffled])
+        marginal = gaussian_entropy((T[te] - T[tr].mean(axis=0)).transpose(1, 0, 2))
+        out |= {"unconditional": base, "unconditional_influence": base_infl, "difference": ent - base,
+                "marginal": marginal.reshape(H, W)}
+    return out
 
 
 def entropy_increase(
@@ -247,7 +312,9 @@ def entropy_increase(
     """Fig. 11: per cell k, H(v_k | V_par(k)) − H(v_k | V_seq(k)) in nats for the given order.
 
     Returns (H, W) raster-layout grids: ``increase``, ``seq``, ``par`` (the two entropies) and
-    ``steps`` (generation step of each cell, 0-based)."""
+    ``steps`` (generation step of each cell, 0-based); ``influence_seq`` and ``influence_par`` (m, H, W),
+    the per-held-out-image influences of the two entropies (see gaussian_entropy_with_influence), and
+    ``test_images``, the m held-out image indices."""
     fit = _residual_fn(estimator, alpha, seed)
     Z, tr, te = _prepare(features, train_frac, seed)
     _, H, W, d = np.shape(features)
@@ -261,16 +328,22 @@ def entropy_increase(
         R = _prefix_ridge_residuals(Zo[tr], Zo[te], d, pairs, alpha)
     else:
         R = _grouped_residuals(Zo[tr], Zo[te], d, pairs, fit)
-    ent = dict(zip(pairs, gaussian_entropy(R)))
-    seq = np.array([ent[(t, t)] for t in range(P)])
-    par = np.array([ent[(int(s), t)] for t, s in enumerate(starts)])
+    h, psi = gaussian_entropy_with_influence(R)
+    ent, infl = dict(zip(pairs, h)), dict(zip(pairs, psi))
+    seq_pairs = [(t, t) for t in range(P)]
+    par_pairs = [(int(s), t) for t, s in enumerate(starts)]
+    seq, par = (np.array([ent[p] for p in ps]) for ps in (seq_pairs, par_pairs))
+    seq_infl, par_infl = (np.stack([infl[p] for p in ps]) for ps in (seq_pairs, par_pairs))
 
-    def to_grid(x):
-        g = np.empty(P, dtype=x.dtype)
+    def to_grid(x):  # (P, ...) in generation order -> (..., H, W) in raster layout
+        g = np.empty_like(x)
         g[perm] = x
-        return g.reshape(H, W)
+        return np.moveaxis(g, 0, -1).reshape(*x.shape[1:], H, W)
 
-    return {"increase": to_grid(par - seq), "seq": to_grid(seq), "par": to_grid(par), "steps": to_grid(steps)}
+    return {
+        "increase": to_grid(par - seq), "seq": to_grid(seq), "par": to_grid(par), "steps": to_grid(steps),
+        "influence_seq": to_grid(seq_infl), "influence_par": to_grid(par_infl), "test_images": te,
+    }
 
 
 # ----------------------------------------------------------------------------------------- I/O
@@ -410,38 +483,213 @@ def _read_codebook(path: Path) -> np.ndarray:
     return torch.nn.functional.normalize(w.double(), dim=1).numpy()
 
 
+# ------------------------------------------------------------------------- summary and verdicts
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+SUMMARY_NAME = "entropy_summary.json"
+METRIC = "differential entropy"
+DIFFERENTIAL = "differential entropy (nats; Gaussian estimate, can be negative)"
+CLAIM_NEAR = "entropy: lower conditional entropy near the reference token"
+CLAIM_ORDER = "entropy: PAR order's entropy increase below raster's"
+# ASCII only: these strings travel into reports (Markdown, HTML, LaTeX).
+VERDICT_RULE = (
+    "reproduced if the 95% interval of the difference (difference +/- 1.96*se) lies entirely below 0, "
+    "the side the paper claims; contradicted if it lies entirely above 0; otherwise not resolved"
+)
+INTERVAL_METHOD = (
+    "delta method over the held-out images: influence function of the Gaussian log-determinant, estimates on "
+    "the same held-out images paired image by image; 95% normal interval; conditional on the fitted predictor "
+    "(its fit noise, a bias of order predictors / training images, is not included)"
+)
+MAP_KEYS = ("entropy", "reference", "unconditional", "difference", "influence", "unconditional_influence",
+            "test_images", "num_images")
+INCREASE_KEYS = ("increase", "steps", "order", "n", "influence_seq", "influence_par", "test_images", "num_images")
+
+
+def _estimate(terms) -> dict:
+    """Σ w·value over terms (w, value, influence (m,), held-out image ids (m,), images of the features),
+    with its delta-method standard error and 95 % interval. Terms on the same held-out images are paired
+    (their weighted influences add image by image); terms on different held-out images count as independent."""
+    groups: dict[bytes, np.ndarray] = {}
+    value, num = 0.0, 0
+    for w, v, psi, images, n in terms:
+        value += w * float(v)
+        key = np.asarray(images, dtype=np.int64).tobytes()
+        groups[key] = groups.get(key, 0.0) + w * np.asarray(psi, dtype=np.float64)
+        num = max(num, int(n))
+    se = math.sqrt(sum(float(np.var(p, ddof=1)) / len(p) for p in groups.values()))
+    held_out = max(len(p) for p in groups.values())
+    return {"mean": value, "lo": value - Z95 * se, "hi": value + Z95 * se, "se": se,
+            "method": f"delta method over {held_out} held-out of {num} images (paired), 95% normal interval",
+            "held_out_images": held_out, "num_images": num}
+
+
+def verdict(difference: float, se: float, claimed_sign: int = -1) -> str:
+    """reproduced / contradicted / not resolved: does the 95 % interval difference ± 1.96·se exclude 0 on
+    the claimed side (claimed_sign = -1: the paper says the difference is negative), the other, or neither?"""
+    if not (np.isfinite(difference) and np.isfinite(se)):
+        return "not resolved"
+    lo, hi = sorted((claimed_sign * (difference - Z95 * se), claimed_sign * (difference + Z95 * se)))
+    return "reproduced" if lo > 0 else "contradicted" if hi < 0 else "not resolved"
+
+
+def _verdict_row(claim: str, est: dict | None, missing: str) -> dict:
+    row = {"claim": claim, "metric": METRIC}
+    if est is None:
+        return {**row, "difference": None, "se": None, "lo": None, "hi": None, "verdict": "not resolved",
+                "images_to_resolve": None, "note": missing}
+    v = verdict(est["mean"], est["se"])
+    # The standard error falls as 1/√images: the 95 % interval would exclude 0 at the observed effect from this many.
+    need = (math.ceil(est["num_images"] * (Z95 * est["se"] / est["mean"]) ** 2)
+            if v == "not resolved" and est["mean"] != 0 and est["num_images"] else None)
+    return {**row, "difference": est["mean"], "se": est["se"], "lo": est["lo"], "hi": est["hi"], "verdict": v,
+            "images_to_resolve": need}
+
+
+def _neighbour_cells(ref, shape) -> list[tuple[int, int]]:
+    r, c = (int(x) for x in ref)
+    return [(r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+            if (dr or dc) and 0 <= r + dr < shape[0] and 0 <= c + dc < shape[1]]
+
+
+def _near_reference(maps: list[dict]) -> dict | None:
+    """Mean of H(v_i | v_ref) − H(v_i) over the (up to) 8 neighbours of every reference cell."""
+    terms = [(m["difference"][r, c], m["influence"][:, r, c] - m["unconditional_influence"][:, r, c],
+              m["test_images"], m["num_images"])
+             for m in maps for r, c in _neighbour_cells(m["reference"], m["difference"].shape)]
+    if not terms:
+        return None
+    est = _estimate([(1 / len(terms), *t) for t in terms])
+    return {**est, "cells": len(terms), "references": [[int(x) for x in m["reference"]] for m in maps]}
+
+
+def _increase_stats(it: dict) -> dict:
+    """Mean entropy increase per token of one order, and its negative cells against their own intervals."""
+    psi = np.asarray(it["influence_par"], np.float64) - np.asarray(it["influence_seq"], np.float64)
+    inc = np.asarray(it["increase"], np.float64)
+    est = _estimate([(1.0, inc.mean(), psi.mean(axis=(1, 2)), it["test_images"], it["num_images"])])
+    cell_se = psi.std(axis=0, ddof=1) / math.sqrt(len(psi))
+    negative = inc < 0
+    return {**est, "n": int(it["n"]), "negative_cells": int(negative.sum()),
+            "negative_cells_within_noise": int((negative & (inc + Z95 * cell_se >= 0)).sum()), "cells": inc.size}
+
+
+def _par_raster_pair(increases: list[dict]) -> tuple[dict, dict] | None:
+    """The PAR and raster increases to compare: same n (the largest n that both orders have)."""
+    by = {(str(it["order"]), int(it["n"])): it for it in increases}
+    shared = sorted(n for order, n in by if order == "par" and ("raster", n) in by)
+    return (by[("par", shared[-1])], by[("raster", shared[-1])]) if shared else None
+
+
+def entropy_summary(maps: list[dict], increases: list[dict]) -> dict:
+    """The numbers behind the figures and the verdicts on the paper's two entropy claims (see VERDICT_RULE).
+
+    maps / increases: outputs of `par entropy map` / `increase` (dicts of arrays, as their .npz files hold)."""
+    near = _near_reference(maps) if maps else None
+    pair = _par_raster_pair(increases)
+    par = raster = diff = None
+    if pair:
+        par, raster = (_increase_stats(it) for it in pair)
+        diff = _estimate([
+            (w, est["mean"], (np.asarray(it["influence_par"], np.float64) - it["influence_seq"]).mean(axis=(1, 2)),
+             it["test_images"], it["num_images"])
+            for w, est, it in zip((1.0, -1.0), (par, raster), pair)
+        ])
+        diff["n"] = par["n"]
+    summary = {
+        "what": "Gaussian upper bounds on differential entropies of VQ token features, in nats (they can be negative)",
+        "interval": "95%: estimate +/- 1.96*se; " + INTERVAL_METHOD,
+        "increase_par": par,
+        "increase_raster": raster,
+        "difference_par_minus_raster": diff,
+        "conditioning_near_reference": near,
+        "verdict_rule": VERDICT_RULE,
+        "verdicts": [
+            _verdict_row(CLAIM_NEAR, near, "no `par entropy map` output given"),
+            _verdict_row(CLAIM_ORDER, diff, "no `par entropy increase` outputs of both orders with the same n"),
+        ],
+    }
+    return _json_safe(summary)
+
+
+def _json_safe(obj):
+    """Plain JSON types; NaN and inf become null."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _interval_text(est: dict, digits: int = 3) -> str:
+    return f"{est['mean']:.{digits}f} [{est['lo']:.{digits}f}, {est['hi']:.{digits}f}]"
+
+
 # ------------------------------------------------------------------------------------- figures
 
 
-def _map_figure(items: list[dict]):
-    """Fig. 9 style: one panel per reference cell (marked), shared colour scale."""
-    from matplotlib.figure import Figure
+def _mark_reference(ax, ref) -> None:
     from matplotlib.patches import Rectangle
 
-    fig = Figure(figsize=(3.0 * len(items) + 1.0, 3.2), layout="constrained")
-    axes = fig.subplots(1, len(items), squeeze=False)[0]
+    r, c = (int(x) for x in ref)
+    ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor="black", edgecolor="white", lw=0.8))
+
+
+def _caption(fig, text: str, width: int) -> None:
+    import textwrap
+
+    fig.supxlabel("\n".join(textwrap.fill(p, width) for p in text.split("\n")), fontsize=7, ha="center")
+
+
+def _map_figure(items: list[dict], near: dict | None = None):
+    """Fig. 9 style: per reference cell (marked black), the raw H(v_i | v_ref) on a shared colour scale above
+    the conditioned − unconditional difference H(v_i | v_ref) − H(v_i) on a diverging scale centred at 0."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.0 * len(items) + 2.2, 7.0), layout="constrained")
+    axes = fig.subplots(2, len(items), squeeze=False)
     finite = np.concatenate([m["entropy"][np.isfinite(m["entropy"])] for m in items])
-    for ax, m in zip(axes, items):
-        im = ax.imshow(m["entropy"], cmap="viridis", vmin=finite.min(), vmax=finite.max())
+    spread = np.concatenate([np.abs(m["difference"][np.isfinite(m["difference"])]) for m in items])
+    lim = float(spread.max()) if spread.size and spread.max() > 0 else 1.0
+    for j, m in enumerate(items):
         r, c = (int(x) for x in m["reference"])
-        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor="red", edgecolor="white", lw=0.8))
-        ax.set_title(f"reference ({r}, {c})", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(im, ax=list(axes), label=r"$H(v_i \mid v_{\mathrm{ref}})$ [nats]")
+        raw = axes[0, j].imshow(m["entropy"], cmap="viridis", vmin=finite.min(), vmax=finite.max())
+        axes[0, j].set_title(f"$H(v_i \\mid v_{{ref}})$, reference ({r}, {c})", fontsize=9)
+        dif = axes[1, j].imshow(m["difference"], cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[1, j].set_title(f"$H(v_i \\mid v_{{ref}}) - H(v_i)$, reference ({r}, {c})", fontsize=9)
+        for ax in axes[:, j]:
+            _mark_reference(ax, m["reference"])
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(raw, ax=list(axes[0]), label="conditional entropy:\n" + DIFFERENTIAL.replace("; ", ";\n"))
+    fig.colorbar(dif, ax=list(axes[1]), label="conditioned − unconditional:\n" + DIFFERENTIAL.replace("; ", ";\n"))
+    fig.suptitle(f"Conditional entropy of a token given the reference token (black): {DIFFERENTIAL}", fontsize=9)
+    text = ("Top: H(v_i | v_ref); bottom: H(v_i | v_ref) − H(v_i), H(v_i) being the unconditional entropy of the "
+            "same cell from the same estimator and held-out images, fed the reference token of another image "
+            "(blue = conditioning lowers the entropy).")
+    if near:
+        text += (f"\nMean difference over the {near['cells']} neighbour cells of the reference(s): "
+                 f"{_interval_text(near)} nats (95 % interval, delta method over {near['held_out_images']} "
+                 "held-out images).")
+    _caption(fig, text, width=int(28 * len(items) + 40))
     return fig
 
 
-def _increase_figure(items: list[dict]):
+def _increase_figure(items: list[dict], summary: dict | None = None):
     """Fig. 11 style: per order, the step grid (numbered from 1 as in the paper) next to the entropy
-    increase; one colour scale for all orders so they can be compared."""
+    increase on one diverging scale centred at 0 for all orders, with the mean increase per token, its
+    interval and the PAR − raster difference in the caption."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.6, 3.4 * len(items)), layout="constrained")
+    fig = Figure(figsize=(7.6, 3.4 * len(items) + 1.3), layout="constrained")
     axes = fig.subplots(len(items), 2, squeeze=False)
-    lo = min(0.0, min(float(it["increase"].min()) for it in items))
-    hi = max(float(it["increase"].max()) for it in items)
-    for (ax_s, ax_i), it in zip(axes, items):
+    lim = max(float(np.abs(it["increase"]).max()) for it in items) or 1.0
+    stats = [_increase_stats(it) if "influence_par" in it else None for it in items]
+    for (ax_s, ax_i), it, st in zip(axes, items, stats):
         steps = it["steps"]
         ax_s.imshow(steps, cmap="Blues")
         size = max(2.0, min(9.0, 110 / max(steps.shape)))
@@ -450,12 +698,38 @@ def _increase_figure(items: list[dict]):
             ax_s.text(c, r, str(s + 1), ha="center", va="center", fontsize=size, color="white" if light else "black")
         label = f"{it['order']} order, n = {int(it['n'])}"
         ax_s.set_title(f"{label}: generation step", fontsize=9)
-        im = ax_i.imshow(it["increase"], cmap="magma", vmin=lo, vmax=hi)
-        ax_i.set_title(f"{label}: entropy increase", fontsize=9)
+        im = ax_i.imshow(it["increase"], cmap="RdBu_r", vmin=-lim, vmax=lim)
+        mean = f"\nmean {_interval_text(st)} nats/token" if st else ""
+        ax_i.set_title(f"{label}: entropy increase{mean}", fontsize=9)
         for ax in (ax_s, ax_i):
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.colorbar(im, ax=list(axes[:, 1]), label=r"$H(v_k \mid V_{par}) - H(v_k \mid V_{seq})$ [nats]")
+    fig.colorbar(im, ax=list(axes[:, 1]),
+                 label="$H(v_k \\mid V_{par}) - H(v_k \\mid V_{seq})$ [nats]\n(difference of differential entropies)")
+    text = ""
+    if summary and summary.get("difference_par_minus_raster"):
+        p, r, d = (summary[k] for k in ("increase_par", "increase_raster", "difference_par_minus_raster"))
+        text += (f"Mean entropy increase per token, n = {d['n']}, with 95 % intervals (delta method over "
+                 f"{d['held_out_images']} held-out images): PAR {_interval_text(p)}, raster {_interval_text(r)}; "
+                 f"PAR − raster {_interval_text(d)} nats.\n")
+    negative = sum(st["negative_cells"] for st in stats if st)
+    noise = sum(st["negative_cells_within_noise"] for st in stats if st)
+    text += ("The true increase is ≥ 0 (V_par ⊂ V_seq, and conditioning on fewer tokens cannot lower the entropy), "
+             "so negative (blue) cells are estimator error. ")
+    if not negative:
+        text += "No cell is negative here."
+    else:
+        text += (f"{noise} of the {negative} negative cells have a 95 % interval that covers 0: held-out sampling "
+                 "noise of the estimate")
+        text += (f"; the other {negative - noise} come from the finite-sample regression (the larger conditioning "
+                 "set V_seq is overfit on the training images, which loosens its held-out bound)."
+                 if negative > noise else ".")
+    below = [str(it["order"]) for it, st in zip(items, stats) if st and st["hi"] < 0]
+    if below:
+        text += (f" The mean increase of the {' and '.join(below)} order lies below 0 as well: the same regression "
+                 "bias, of similar size for both orders (their conditioning sets have the same sizes), so it should "
+                 "largely cancel in PAR − raster.")
+    _caption(fig, text, width=120)
     return fig
 
 
@@ -491,16 +765,24 @@ def _cmd_map(args) -> int:
     r, c = args.reference
     if not (0 <= r < H and 0 <= c < W):
         raise UserError(f"--reference {r},{c} is outside the {H}×{W} grid of {args.features}; use 0..{H - 1},0..{W - 1}")
-    ent = entropy_map(V, (r, c), args.estimator, alpha=args.alpha)
-    _save_npz(args.out, entropy=ent, reference=np.array([r, c]), estimator=np.array(args.estimator))
-    print(f"wrote {args.out}: H(v_i | v_({r},{c})) over {H}×{W}, {np.nanmin(ent):.3f}..{np.nanmax(ent):.3f} nats")
+    res = conditioning_maps(V, (r, c), args.estimator, alpha=args.alpha)
+    _save_npz(args.out, **{k: res[k] for k in ("entropy", "unconditional", "difference", "marginal", "test_images")},
+              influence=res["influence"].astype(np.float32),
+              unconditional_influence=res["unconditional_influence"].astype(np.float32),
+              num_images=np.array(len(V)), reference=np.array([r, c]), estimator=np.array(args.estimator))
+    ent, near = res["entropy"], [res["difference"][cell] for cell in _neighbour_cells((r, c), (H, W))]
+    print(f"wrote {args.out}: H(v_i | v_({r},{c})) over {H}×{W}, {np.nanmin(ent):.3f}..{np.nanmax(ent):.3f} nats; "
+          f"minus H(v_i): {np.mean(near) if near else float('nan'):.3f} nats on average next to the reference")
     return 0
 
 
 def _cmd_increase(args) -> int:
     V = _load_features(args.features, args.max_images)
     res = entropy_increase(V, args.order, args.n, args.estimator, alpha=args.alpha)
-    _save_npz(args.out, **res, order=np.array(args.order), n=np.array(args.n), estimator=np.array(args.estimator))
+    for key in ("influence_seq", "influence_par"):
+        res[key] = res[key].astype(np.float32)
+    _save_npz(args.out, **res, num_images=np.array(len(V)), order=np.array(args.order), n=np.array(args.n),
+              estimator=np.array(args.estimator))
     inc = res["increase"]
     print(f"wrote {args.out}: {args.order} order, n = {args.n}: increase mean {inc.mean():.3f}, max {inc.max():.3f} nats")
     return 0
@@ -526,17 +808,30 @@ def _cmd_figures(args) -> int:
     for path in args.maps:
         arrays = _load_npz(path)
         if "entropy" in arrays and "reference" in arrays:
-            maps.append(arrays)
+            kind, keys, group = "map", MAP_KEYS, maps
         elif {"increase", "steps", "order", "n"} <= arrays.keys():
-            increases.append(arrays)
+            kind, keys, group = "increase", INCREASE_KEYS, increases
         else:
             raise UserError(f"{path}: neither a `par entropy map` nor a `par entropy increase` output")
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise UserError(f"{path}: no {', '.join(missing)} (written by an older `par entropy {kind}`); rerun it")
+        group.append(arrays)
+    summary = entropy_summary(maps, increases)
     written = []
     if maps:
-        written += _save_figure(_map_figure(maps), args.outdir / "entropy_maps")
+        written += _save_figure(_map_figure(maps, summary["conditioning_near_reference"]), args.outdir / "entropy_maps")
     if increases:
-        written += _save_figure(_increase_figure(increases), args.outdir / "entropy_increase")
+        written += _save_figure(_increase_figure(increases, summary), args.outdir / "entropy_increase")
+    write_json(args.outdir / SUMMARY_NAME, summary)
+    written.append(args.outdir / SUMMARY_NAME)
     print("wrote " + ", ".join(map(str, written)))
+    for row in summary["verdicts"]:
+        if row["difference"] is None:
+            print(f"{row['claim']}: {row['verdict']} ({row['note']})")
+        else:
+            half = Z95 * row["se"]
+            print(f"{row['claim']}: {row['verdict']} (difference {row['difference']:.3f} ± {half:.3f} nats)")
     return 0
 
 
@@ -577,7 +872,11 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="output .npz with 'features' (num_images, H, W, d)")
     p.set_defaults(func=_cmd_features)
 
-    p = actions.add_parser("figures", help="Fig. 9 / Fig. 11 style heatmaps (PNG + PDF) from map/increase outputs")
+    p = actions.add_parser(
+        "figures",
+        help=f"Fig. 9 / Fig. 11 style heatmaps (PNG + PDF) and {SUMMARY_NAME} (intervals, verdicts) "
+             "from map/increase outputs",
+    )
     p.add_argument("--maps", type=Path, nargs="+", required=True, help="outputs of `par entropy map` / `increase`")
     p.add_argument("--outdir", type=Path, default=Path("analysis/entropy"), help="output folder (default: analysis/entropy)")
     p.set_defaults(func=_cmd_figures)

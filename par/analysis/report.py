@@ -1,115 +1,307 @@
-"""`par report`: analysis/report.md (+ .html), the page a person reads first.
+"""`par report`: <analysis>/report.md (+ .html), the page a person reads first.
 
-It stitches together what the other stages wrote: the tables, the sample grids, a speed-vs-FID plot
-(steps and seconds per image vs FID for n = 1 / 4 / 16), the entropy heatmaps, the tokenizer's numbers,
-and the exact configuration and git commit that produced them.
+It stitches together what the other stages wrote: the verdicts and tables (`par tables`), a speed-vs-quality
+figure (steps and seconds per image vs sample quality and NLL, mean ± SE over seeds), one sample grid per model,
+the entropy maps, the tokenizer's and the feature classifier's numbers, and the exact configuration and git commit
+that produced them. Everything it links is copied under the analysis folder, so the report reads the same from a
+fresh clone (results/ is not committed).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
 from par import io
-from par.analysis.tables import model_row
+from par.analysis import tables, verdicts
 from par.config import add_run_arguments, load_config
+from par.errors import UserError
+
+SMOKE_TEST = ("**This is a smoke test of the plumbing, not evidence.** The `tiny` preset runs every stage in minutes "
+              "on a CPU with models and sample counts far too small for its numbers to support or refute any claim "
+              "of the paper; the `small` preset is the one whose numbers mean something.")
+
+# ------------------------------------------------------------------------------------------ provenance
 
 
-def git_commit() -> str:
+def _git(args, cwd) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout
+
+
+def git_provenance(analysis: str | Path = "analysis", cwd: str | Path | None = None) -> str:
+    """`<commit> (clean)`, or `<commit> with uncommitted changes (files…)`. The report's own output folder
+    (`analysis/`, and `analysis` wherever it lies in the repository) does not count: the run rewrites it."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-        return (sha or "unknown") + (" (with uncommitted changes)" if dirty else "")
+        top = _git(["rev-parse", "--show-toplevel"], cwd).strip()
+        sha = _git(["rev-parse", "HEAD"], top or cwd).strip() or "unknown"
+        if not top:
+            return sha
+        excluded = {"analysis"}
+        rel = os.path.relpath(Path(analysis).resolve(), Path(top).resolve())
+        if not rel.startswith(".."):
+            excluded.add(rel)
+        spec = ["--", "."] + [f":(exclude){p}" for p in sorted(excluded)]
+        status = _git(["status", "--porcelain", "--untracked-files=no", *spec], top)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
+    files = [line[3:] for line in status.splitlines() if line.strip()]  # porcelain: "XY path"
+    if not files:
+        return f"{sha} (clean)"
+    shown = ", ".join(files[:8]) + (f", … ({len(files)} files)" if len(files) > 8 else "")
+    return f"{sha} with uncommitted changes ({shown})"
 
 
-def speed_plot(cfg, preset, results: Path, out: Path) -> Path | None:
-    """FID against steps and against seconds per image, one point per model of Table 3(b)/Table 2."""
+# ------------------------------------------------------------------------------------------ figures
+
+
+def _all_runs(preset: dict, results: Path) -> dict:
+    """model → its per-run frame (`tables.model_runs`)."""
+    return {m: tables.model_runs(results, m, e)[0] for m, e in preset["models"].items()}
+
+
+def _errorbar(ax, stats: dict, xkey: str, ykey: str, label: str) -> None:
+    x, y = stats[xkey], stats[ykey]
+    zero = lambda s: s.se if math.isfinite(s.se) else 0.0  # noqa: E731 — no bar where there is no SE
+    ax.errorbar(x.mean, y.mean, xerr=zero(x), yerr=zero(y), fmt="o", ms=5, capsize=3, label=label)
+
+
+def _floor_lines(ax, floors: dict[str, float]) -> None:
+    """Floors as dashed lines. A floor far off the models' range (it would more than double the axis and squash
+    the differences between models) is named in a corner instead."""
+    lo, hi = ax.get_ylim()
+    off = []
+    for i, (label, y) in enumerate(floors.items()):
+        if max(hi, y) - min(lo, y) <= 2 * (hi - lo):
+            ax.axhline(y, ls=("--", ":")[i % 2], lw=1.2, color="0.35", label=label)  # grey: not a model's colour
+        else:
+            off.append(f"{label}: {y:.4g} (off scale)")
+    if off:
+        ax.text(0.01, 0.01, "\n".join(off), transform=ax.transAxes, fontsize=7, va="bottom", color="0.3")
+
+
+def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = None) -> Path | None:
+    """Sample quality (classifier FID, else Inception FID) and NLL against steps and against seconds per image:
+    one point per model, mean ± SE over its seeds; floors as dashed lines; axes fitted to the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = []
-    for spec in (cfg["tables"].get("table3b", {}), cfg["tables"].get("table2", {})):
-        for label, cands in spec.items():
-            model = next((m for m in cands if m in preset["models"]), None)
-            if model and model not in [p[1] for p in pts]:
-                row, _ = model_row(results, model)
-                if "fid" in row:
-                    pts.append((label, model, row["steps"], row["seconds_per_image"], row["fid"]))
-    if not pts:
+    summary = summary or {m: tables.summarize(r) for m, r in _all_runs(preset, results).items()}
+    has = lambda k: [m for m, s in summary.items() if k in s and s[k].n]  # noqa: E731
+    quality = "cls_fid" if has("cls_fid") else "fid"
+    ys = [(k, tables.COLUMNS[k]) for k in (quality, "nll") if has(k)]
+    if not ys:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, idx, xlabel in ((axes[0], 2, "forward calls (steps)"), (axes[1], 3, "seconds / image (batch 1)")):
-        for label, model, *vals in pts:
-            ax.scatter(vals[idx - 2], vals[2], s=40)
-            ax.annotate(f"{label}", (vals[idx - 2], vals[2]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("FID ↓")
-        ax.grid(alpha=0.3)
-    fig.suptitle("Speed vs. quality")
+    floors = {f: tables.summarize(fr) for f, fr in tables.read_floors(results).items()}
+    fig, axes = plt.subplots(len(ys), 2, figsize=(10, 3.6 * len(ys)), squeeze=False)
+    for row, (ykey, ylabel) in enumerate(ys):
+        for col, (xkey, xlabel) in enumerate((("steps", "forward calls (steps)"),
+                                              ("seconds_per_image", "seconds / image (batch 1)"))):
+            ax = axes[row][col]
+            for m in has(ykey):
+                _errorbar(ax, summary[m], xkey, ykey, tables.model_label(preset["models"][m], preset["models"]))
+            _floor_lines(ax, {tables.FLOORS[f][0]: st[ykey].mean for f, st in floors.items() if ykey in st
+                              and st[ykey].n})
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle("Speed vs. quality (mean ± SE over seeds)")
     fig.tight_layout()
     with io.atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out
 
 
-def build_report(config_path, preset_name: str, results: str | Path, analysis: str | Path) -> Path:
-    import markdown
-    import yaml
+def copy_grids(preset: dict, results: Path, analysis: Path) -> dict[str, Path]:
+    """Each model's seed-0 sample grid copied to <analysis>/samples/<model>.png (results/ is not committed)."""
+    out = {}
+    for model, entry in preset["models"].items():
+        src = Path(results) / "samples" / model / tables.runs_of(entry)[0] / "grid.png"
+        if not src.exists():
+            raise UserError(f"{src}: sample grid missing; {tables.SAMPLE_FIX}")
+        out[model] = Path(analysis) / "samples" / f"{model}.png"
+        with io.atomic_path(out[model]) as tmp:
+            shutil.copyfile(src, tmp)
+    return out
 
-    cfg, preset = load_config(config_path, preset_name)
-    results, analysis = Path(results), Path(analysis)
-    rel = lambda p: os.path.relpath(p, analysis)  # noqa: E731 — links relative to the report
-    parts = [f"# PAR reproduction — preset `{preset_name}`", "",
-             "Parallelized Autoregressive Visual Generation (Wang et al., arXiv 2412.15119). Every number below is "
-             "read from a result file of this run; the paper's values appear only in columns marked (paper).", ""]
-    vqm = results / "vq" / "vq_metrics.json"
-    if vqm.exists():
-        m = json.loads(vqm.read_text())
-        b, a = m["before"], m["after"]
-        parts += ["## Tokenizer", "",
-                  f"Trained from scratch on {m['train_images']} images; held-out PSNR {b['psnr_db']:.2f} → "
-                  f"{a['psnr_db']:.2f} dB, codebook usage {b['codebook_usage']:.1%} → {a['codebook_usage']:.1%}, "
-                  f"token grid {m['grid'][0]}×{m['grid'][1]}.", ""]
-    parts += ["## Tables", ""]
+
+# ------------------------------------------------------------------------------------------ sections
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _change(before, after, fmt: str) -> str:
+    return fmt.format(after) if before is None else f"{fmt.format(before)} → {fmt.format(after)}"
+
+
+def _tokenizer(results: Path, runs=()) -> list[str]:
+    m = _read_json(results / "vq" / "vq_metrics.json")
+    acc = tables.classifier_accuracy(results, runs)
+    lines = []
+    if m:
+        b, a = m.get("before", {}), m.get("after", {})
+        n_train = m.get("train_images")
+        text = f"Trained from scratch on {n_train:,} images" if isinstance(n_train, int) else "Trained from scratch"
+        if "psnr_db" in a:
+            text += f"; held-out PSNR {_change(b.get('psnr_db'), a['psnr_db'], '{:.2f}')} dB"
+        if "codebook_usage" in a:
+            text += f", codebook usage {_change(b.get('codebook_usage'), a['codebook_usage'], '{:.1%}')}"
+        if m.get("grid"):
+            text += f", token grid {m['grid'][0]}×{m['grid'][1]}"
+        if (m.get("test") or {}).get("psnr_db") is not None:
+            n = m["test"].get("n_images")
+            text += f". Test split: reconstruction PSNR {m['test']['psnr_db']:.2f} dB"
+            text += f" on {n:,} images" if n else ""
+        lines.append(text + ".")
+    if acc:
+        lines.append(f"Feature classifier (for classifier FID/KID and class accuracy): test accuracy {acc[0]:.1%}"
+                     f"{acc[1]}.")
+    return ["## Tokenizer and classifier", "", *[x for line in lines for x in (line, "")]] if lines else []
+
+
+def _how_to_read(tolerance: float = verdicts.TOLERANCE) -> list[str]:
+    return ["## How to read the numbers", "",
+            "- **NLL / token** (the primary metric): teacher-forced held-out NLL per token, in nats, on the test "
+            "split. For n > 1 it is the exact likelihood of what the sampler draws: the product of the within-group "
+            "conditionals. It compares orders and n fairly and with far less noise than FID.",
+            "- **Sample quality**: FID and KID on the features of a small classifier trained on the train split, and "
+            "**class accuracy** (the share of samples the classifier labels as the requested class). Inception FID, "
+            "KID and IS (torch-fidelity) are secondary: ImageNet features fit small images poorly.",
+            "- **±** is the standard error of the mean across training seeds (std/√n); the `seeds` column gives n. "
+            "With one seed it is the run's own standard error where the metric has one, else absent. *KID subset "
+            "std* is torch-fidelity's spread over subsets, not a standard error.",
+            "- **generated / reference**: the number of images each metric compares.",
+            "- **Floors**: the same metrics for held-out real images (real vs real) and for the same images passed "
+            "through the VQ tokenizer (reconstruction). No model trained on these tokens can be expected to beat "
+            "the reconstruction floor, so they show how much of a number is the tokenizer's.",
+            "- **Verdicts**: reproduced / not resolved / contradicted by the rule stated in the Verdicts section "
+            f"(twice the standard error of the difference; ≈ claims within ±{tolerance:.0%}).", ""]
+
+
+def _verdicts(analysis: Path) -> list[str]:
+    md = analysis / "tables" / "verdicts.md"
+    if not md.exists():
+        return ["## Verdicts", "", "_No claim of Table 3 could be judged: this preset lacks the rows or the metrics a "
+                "comparison needs._", ""]
+    return ["## Verdicts", "", "Each claim of the paper's Table 3, judged separately on NLL and on sample quality.",
+            "", md.read_text().rstrip(), ""]
+
+
+def _tables(cfg: dict, analysis: Path) -> list[str]:
+    parts = ["## Tables", ""]
     for name in sorted(cfg["tables"]):
         md = analysis / "tables" / f"{name}.md"
         if md.exists():
-            parts += [md.read_text().replace("### ", "### "), ""]
-    plot = speed_plot(cfg, preset, results, analysis / "figures" / "speed_vs_fid.png")
+            parts += [md.read_text().rstrip(), ""]
+    return parts
+
+
+def _samples(preset: dict, grids: dict, rel) -> list[str]:
+    parts = ["## Samples", "", "One grid per model (its seed-0 run): one row per class, CFG as configured.", ""]
+    for model, path in grids.items():
+        label = tables.model_label(preset["models"][model], preset["models"])
+        parts += [f"**{label}** (`{model}`)", "", f"![{model}: one row per class]({rel(path)})", ""]
+    return parts
+
+
+ENTROPY_CAPTIONS = {
+    "entropy_maps.png": "H(v_i | v_ref) for a few reference cells (Fig. 9 style).",
+    "entropy_increase.png": "Entropy increase of parallel vs. sequential generation for PAR and raster orders "
+                            "(Fig. 11 style).",
+}
+
+
+def _entropy(analysis: Path, rel) -> list[str]:
+    pngs = sorted((analysis / "entropy").glob("*.png"))
+    if not pngs:
+        return []
+    parts = ["## Conditional entropy of visual tokens (paper §8)", "",
+             "Entropies of continuous token features are differential entropies, in nats, and so can be negative.", ""]
+    for p in pngs:
+        parts += [ENTROPY_CAPTIONS.get(p.name, p.stem.replace("_", " ") + "."), "", f"![{p.stem}]({rel(p)})", ""]
+    return parts
+
+
+def _provenance(preset_name: str, preset: dict, results: Path, analysis: Path) -> list[str]:
+    import yaml
+
+    return ["## Provenance", "", f"- git commit: `{git_provenance(analysis)}`", f"- results: `{results}`", "",
+            "Configuration of this preset:", "", "```yaml",
+            yaml.safe_dump({"preset": preset_name, **preset}, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
+
+
+# ------------------------------------------------------------------------------------------ Markdown → HTML
+
+_LIST_ITEM = re.compile(r"^\s*([-*+]|\d+\.)\s")
+
+
+def space_lists(text: str) -> str:
+    """A blank line before every list that follows a paragraph (python-markdown renders it as text otherwise)."""
+    out, fenced = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        prev = out[-1] if out else ""
+        if not fenced and _LIST_ITEM.match(line) and prev.strip() and not _LIST_ITEM.match(prev):
+            out.append("")
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:90%;display:block;overflow-x:auto}"
+         "td,th{border:1px solid #ccc;padding:3px 8px}td[style*=right]{white-space:nowrap}"
+         "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto}")
+
+
+def to_html(text: str, title: str) -> str:
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables", "fenced_code", "sane_lists"])
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style>"
+            f"</head><body>{body}</body></html>")
+
+
+# ------------------------------------------------------------------------------------------ the report
+
+
+def build_report(config_path, preset_name: str, results: str | Path, analysis: str | Path) -> Path:
+    cfg, preset = load_config(config_path, preset_name)
+    return render_report(cfg, preset, preset_name, results, analysis)
+
+
+def render_report(cfg: dict, preset: dict, preset_name: str, results, analysis) -> Path:
+    """`build_report` on an already loaded config: writes <analysis>/report.md and report.html."""
+    results, analysis = Path(results), Path(analysis)
+    rel = lambda p: os.path.relpath(p, analysis)  # noqa: E731 — links relative to the report
+    grids, runs = copy_grids(preset, results, analysis), _all_runs(preset, results)
+    plot = speed_plot(preset, results, analysis / "figures" / "speed_vs_quality.png",
+                      {m: tables.summarize(r) for m, r in runs.items()})
+    parts = [f"# PAR reproduction — preset `{preset_name}`", ""]
+    if preset_name == "tiny":
+        parts += [SMOKE_TEST, ""]
+    parts += ["Parallelized Autoregressive Visual Generation (Wang et al., arXiv 2412.15119). Every number below is "
+              "read from a result file of this run; the paper's values appear only in columns marked (paper).", ""]
+    parts += _verdicts(analysis) + _how_to_read() + _tokenizer(results, runs.values()) + _tables(cfg, analysis)
     if plot:
-        parts += ["## Speed vs. quality", "", f"![speed vs FID]({rel(plot)})", ""]
-    parts += ["## Samples", "", "One row per class (the first 8 classes), 8 samples each, CFG as configured.", ""]
-    for model in sorted(preset["models"]):
-        grid = results / "samples" / model / "grid.png"
-        if grid.exists():
-            parts += [f"**{model}** ({preset['models'][model]})", "", f"![{model}]({rel(grid)})", ""]
-    ent = analysis / "entropy"
-    if (ent / "entropy_maps.png").exists():
-        parts += ["## Conditional entropy of visual tokens (paper §8)", "",
-                  "H(v_i | v_ref) for a few reference cells (Fig. 9 style) and the entropy increase of parallel vs. "
-                  "sequential generation for PAR and raster orders with n = 4 (Fig. 11 style).", "",
-                  f"![entropy maps]({rel(ent / 'entropy_maps.png')})", "",
-                  f"![entropy increase]({rel(ent / 'entropy_increase.png')})", ""]
-    parts += ["## Provenance", "", f"- git commit: `{git_commit()}`", f"- results: `{results}`", "",
-              "Configuration of this preset:", "", "```yaml",
-              yaml.safe_dump({"preset": preset_name, **preset}, sort_keys=False).rstrip(), "```", ""]
-    text = "\n".join(parts)
+        parts += ["## Speed vs. quality", "", "Mean ± SE over seeds; dashed lines: floors.", "",
+                  f"![speed vs quality]({rel(plot)})", ""]
+    parts += _samples(preset, grids, rel) + _entropy(analysis, rel) + _provenance(preset_name, preset, results,
+                                                                                  analysis)
+    text = space_lists("\n".join(parts))
     io.write_text(analysis / "report.md", text)
-    body = markdown.markdown(text, extensions=["tables", "fenced_code"])
-    html = ("<!doctype html><html><head><meta charset='utf-8'><title>PAR reproduction</title><style>"
-            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
-            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-            "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto}</style></head><body>"
-            f"{body}</body></html>")
-    io.write_text(analysis / "report.html", html)
+    io.write_text(analysis / "report.html", to_html(text, f"PAR reproduction — {preset_name}"))
     return analysis / "report.md"
 
 
@@ -119,7 +311,7 @@ def cmd_report(args) -> int:
 
 
 def register(sub):
-    p = sub.add_parser("report", help="analysis/report.md + report.html from tables, grids and figures")
+    p = sub.add_parser("report", help="<analysis>/report.md + report.html from tables, grids and figures")
     add_run_arguments(p)
     p.add_argument("--analysis", default="analysis", help="output folder of the report (default: analysis)")
     p.set_defaults(func=cmd_report)

@@ -1,17 +1,27 @@
-"""`par tables`: Table 2 and Table 3(a)–(e) from result files, as Markdown, CSV and LaTeX.
+"""`par tables`: Table 2 and Table 3(a)–(e) from result files, as Markdown, CSV and LaTeX, and the verdict on each
+claim of Table 3 (`verdicts.md/.csv`, see par/analysis/verdicts.py).
 
-Every cell of our rows is read from a result file: `metrics/<model>.json` (`par evaluate`),
-`samples/<model>/sampling.json` (`par sample`) and `models/<model>/config.json` (`par train`). A missing
-metric is written as "–" with its reason in a footnote. The only literal numbers here are the paper's
-reported values (`PAPER`), printed in their own, labelled columns for the `paper` preset.
+A model is trained with `seeds` seeds; each trained instance is a run `<model>/s<k>`. Every cell is the mean over
+a model's runs ± its standard error, read from the run's result files:
+`metrics/<model>/s<k>.json` (`par evaluate`), `samples/<model>/s<k>/sampling.json` (`par sample`),
+`models/<model>/s<k>/config.json` (`par train`, parameters) and, when present, `nll/<model>/s<k>.json` (held-out
+NLL). `floors/{real,recon}.json`, when present, add the rows no model can beat. A missing metric is written as
+"–" with its reason in a footnote. The only literal numbers here are the paper's reported values (`PAPER`),
+printed in their own, labelled columns for the `paper` preset.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from par import io
+from par.analysis import verdicts
+from par.analysis.verdicts import Stat, format_pm, format_value, mean_se
 from par.config import add_run_arguments, load_config
 from par.errors import UserError
 
@@ -26,16 +36,29 @@ PAPER = {
     "llamagen-XXL": {"fid": 2.34, "steps": 576},
 }
 
-COLUMNS = [  # (key, header, format)
-    ("steps", "steps", "{:d}"),
-    ("seconds_per_image", "s / image", "{:.3f}"),
-    ("params", "params", "{:,}"),
-    ("fid", "FID ↓", "{:.2f}"),
-    ("kid", "KID ↓", "{:.4f}"),
-    ("isc", "IS ↑", "{:.1f}"),
-    ("precision", "precision ↑", "{:.3f}"),
-    ("recall", "recall ↑", "{:.3f}"),
-]
+COLUMNS = {  # key → header, in table order
+    "steps": "steps",
+    "seconds_per_image": "s / image",
+    "params": "params",
+    "nll": "NLL / token ↓",
+    "cls_fid": "classifier FID ↓",
+    "cls_kid": "classifier KID ↓",
+    "class_accuracy": "class accuracy ↑",
+    "fid": "Inception FID ↓",
+    "kid": "Inception KID ↓",
+    "kid_std": "KID subset std",
+    "isc": "IS ↑",
+    "isc_std": "IS split std",
+    "precision": "precision ↑",
+    "recall": "recall ↑",
+    "n_samples": "generated",
+    "n_reference": "reference",
+}
+SPREADS = {"kid_std", "isc_std"}  # torch-fidelity's spread over subsets: shown as a mean, never as "± SE"
+RUN_SE = {"nll": "nll_se", "cls_kid": "cls_kid_se", "class_accuracy": "class_accuracy_se"}  # a run's own SE
+TEXT = ("row", "model", "setup")  # left-aligned; every other column is a number
+FLOORS = {"real": ("floor: real images", "held-out real images vs the reference set"),
+          "recon": ("floor: VQ reconstruction", "the same real images passed through the VQ tokenizer")}
 TITLES = {
     "table2": "Table 2 — class-conditional generation: steps, latency, quality",
     "table3a": "Table 3(a) — initial sequential tokens",
@@ -44,98 +67,333 @@ TITLES = {
     "table3d": "Table 3(d) — which tokens are generated in parallel (raster/distant × one/multi)",
     "table3e": "Table 3(e) — model scaling (PAR n = 4)",
 }
+EVALUATE_FIX = "run the workflow up to `par evaluate` (snakemake all_tables)"
+SAMPLE_FIX = "run the workflow up to `par sample` (snakemake all_tables)"
+
+# ------------------------------------------------------------------------------------------ result files
 
 
-def model_row(results: Path, model: str) -> tuple[dict, list[str]]:
-    """Values of one model from its result files, and notes on what is unavailable."""
-    mpath, spath = results / "metrics" / f"{model}.json", results / "samples" / model / "sampling.json"
-    for p in (mpath, spath):
-        if not p.exists():
-            raise UserError(f"{p}: result file missing; run the workflow up to `par evaluate` / `par sample`")
-    metrics, sampling = json.loads(mpath.read_text()), json.loads(spath.read_text())
-    row = {k: v for k, v in metrics["metrics"].items() if v is not None}
-    row["steps"] = sampling["forward_calls"]
-    row["seconds_per_image"] = sampling["seconds_per_image_batch1"]
-    row["n_samples"] = metrics.get("n_samples")
-    cfg = results / "models" / model / "config.json"
+def _load(path: Path, fix: str) -> dict:
+    if not path.exists():
+        raise UserError(f"{path}: result file missing; {fix}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); delete it and {fix}") from None
+
+
+def _num(v) -> float:
+    return math.nan if v is None else float(v)
+
+
+def runs_of(entry: dict) -> list[str]:
+    """Run names of a model entry: s0 … s<seeds−1> (`seeds` defaults to 1)."""
+    return [f"s{k}" for k in range(int(entry.get("seeds") or 1))]
+
+
+def read_run(results: Path, model: str, run: str) -> tuple[dict, list[str]]:
+    """Values of one run from its result files, and notes on what is unavailable."""
+    m = _load(results / "metrics" / model / f"{run}.json", EVALUATE_FIX)
+    s = _load(results / "samples" / model / run / "sampling.json", SAMPLE_FIX)
+    row = {k: _num(v) for k, v in m.get("metrics", {}).items()}
+    row |= {"steps": _num(s.get("forward_calls")), "seconds_per_image": _num(s.get("seconds_per_image_batch1")),
+            "n_samples": _num(m.get("n_samples")), "n_reference": _num(m.get("n_reference"))}
+    if (m.get("classifier") or {}).get("test_accuracy") is not None:
+        row["classifier_test_accuracy"] = float(m["classifier"]["test_accuracy"])
+    cfg = results / "models" / model / run / "config.json"
     if cfg.exists():
-        row["params"] = json.loads(cfg.read_text())["params"]
-    notes = [f"{k}: {why}" for k, why in metrics.get("unavailable", {}).items()]
-    return row, notes
+        row["params"] = _num(json.loads(cfg.read_text()).get("params"))
+    nll = results / "nll" / model / f"{run}.json"
+    if nll.exists():
+        d = json.loads(nll.read_text())
+        row |= {"nll": _num(d.get("nll")), "nll_se": _num(d.get("nll_se"))}
+    return row, [f"{k}: {why}" for k, why in m.get("unavailable", {}).items()]
 
 
-def build_table(name: str, rows_spec: dict, preset: dict, results: Path, with_paper: bool):
+def model_runs(results: Path, model: str, entry: dict):
+    """One row per run of `model` (index: run name), a column per value; and notes on what is unavailable."""
     import pandas as pd
 
-    records, notes = [], []
-    for label, candidates in rows_spec.items():
-        model = next((m for m in candidates if m in preset["models"]), None)
-        if model is None:
-            continue
-        values, why = model_row(results, model)
-        rec = {"row": label, "model": model, **values}
+    rows, notes = {}, []
+    for run in runs_of(entry):
+        rows[run], why = read_run(Path(results), model, run)
+        notes += [f"{model} — {w}" for w in why if f"{model} — {w}" not in notes]
+    return pd.DataFrame.from_dict(rows, orient="index"), notes
+
+
+def read_floors(results: Path) -> dict:
+    """floors/real.json and floors/recon.json, when present, as one-row frames like a model's runs."""
+    import pandas as pd
+
+    out = {}
+    for name in FLOORS:
+        p = Path(results) / "floors" / f"{name}.json"
+        if p.exists():
+            d = json.loads(p.read_text())
+            row = {k: _num(v) for k, v in d.get("metrics", {}).items()}
+            row |= {"n_samples": _num(d.get("n_samples")), "n_reference": _num(d.get("n_reference"))}
+            out[name] = pd.DataFrame([row], index=[name])
+    return out
+
+
+def classifier_accuracy(results: Path, runs=()) -> tuple[float, str] | None:
+    """Test accuracy of the feature classifier and on how many images (" on N test images" or ""), if any
+    result file has it: classifier/metrics.json, else the `classifier` record of a metrics file."""
+    p = Path(results) / "classifier" / "metrics.json"
+    if p.exists():
+        d = json.loads(p.read_text())
+        if d.get("test_accuracy") is not None:
+            return float(d["test_accuracy"]), f" on {d['n_test']:,} test images" if d.get("n_test") else ""
+    for frame in runs:
+        if "classifier_test_accuracy" in frame and frame["classifier_test_accuracy"].notna().any():
+            return float(frame["classifier_test_accuracy"].dropna().iloc[0]), ""
+    return None
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+
+
+def summarize(runs) -> dict[str, Stat]:
+    """Mean ± SE over the runs of every table column present; with one run, the run's own SE where it has one."""
+    out = {}
+    for key in COLUMNS:
+        if key in runs:
+            se_key = RUN_SE.get(key)
+            run_se = runs[se_key].iloc[0] if se_key in runs and len(runs) == 1 else None
+            out[key] = mean_se(runs[key].tolist(), run_se)
+    return out
+
+
+def model_label(entry: dict, models: dict | None = None) -> str:
+    """A model entry in words, e.g. 'PAR n=4, causal in-group' or 'PAR n=4 (size tiny-M)'; the size is named
+    only when it differs from the preset's most common one (`models`: all entries of the preset)."""
+    words = [f"{'raster' if entry.get('order', 'par') == 'raster' else 'PAR'} n={entry.get('n', '?')}"]
+    if entry.get("group_attention", "full") != "full":
+        words.append(f"{entry['group_attention']} in-group")
+    if entry.get("initial_sequential", True) is False:
+        words.append("no initial sequential")
+    if entry.get("regions") and entry.get("regions") != entry.get("n"):
+        words.append(f"{entry['regions']} regions")
+    label = ", ".join(words)
+    sizes = Counter(e.get("size") for e in (models or {}).values())
+    if entry.get("size") and (not sizes or entry.get("size") != sizes.most_common(1)[0][0]):
+        label += f" (size {entry['size']})"
+    return label + (", released weights" if entry.get("checkpoint") else "")
+
+
+# ------------------------------------------------------------------------------------------ one table
+
+
+@dataclass
+class Table:
+    raw: object  # DataFrame: per row mean, <key>_se, <key>_n (the CSV)
+    shown: object  # DataFrame of strings (Markdown / LaTeX)
+    notes: list[str] = field(default_factory=list)
+    unavailable: list[str] = field(default_factory=list)
+    runs: dict = field(default_factory=dict)  # row label → per-run frame (what the verdicts judge)
+
+
+def _cell(key: str, s: Stat | None) -> str:
+    if s is None or s.n == 0:
+        return "–"
+    return format_value(s.mean, sig=2) if key in SPREADS else format_pm(s.mean, s.se)
+
+
+def _seeds_cell(n_runs: int, stats: dict) -> str:
+    fewer = sorted({s.n for k, s in stats.items() if 0 < s.n < n_runs and k not in SPREADS})
+    return str(n_runs) + (f" (some cells {', '.join(map(str, fewer))})" if fewer else "")
+
+
+def _columns(frames: list, name: str) -> list[str]:
+    present = set().union(*(set(f.columns) for f in frames))
+    keys = [k for k in COLUMNS if k in present]
+    return [k for k in keys if k != "params"] if name == "table2" else keys
+
+
+def _missing_notes(keys, models_runs: dict, unavailable: list[str]) -> list[str]:
+    """A footnote for every cell that is "–" without a reason from `par evaluate`."""
+    out = []
+    for model, runs in models_runs.items():
+        for k in keys:
+            explained = any(u.startswith(f"{model} — {k}:") for u in unavailable)
+            if (k not in runs or runs[k].isna().all()) and not explained:
+                why = "no held-out NLL file (`nll/<model>/s<k>.json`)" if k == "nll" else "not in its result files"
+                out.append(f"{model} — {k}: {why}")
+    return out
+
+
+def build_table(name: str, rows_spec: dict, preset: dict, results: Path, with_paper: bool,
+                floors: dict | None = None) -> Table | None:
+    """One table: the first model of each row's candidates that `preset` has, aggregated over its runs, then
+    the floor rows (`read_floors`). None when no model of the preset fills it."""
+    import pandas as pd
+
+    results, floors = Path(results), floors or {}
+    picked = {label: next((m for m in cands if m in preset["models"]), None) for label, cands in rows_spec.items()}
+    picked = {label: m for label, m in picked.items() if m}
+    if not picked:
+        return None
+    runs, unavailable = {}, []
+    for label, model in picked.items():
+        runs[label], why = model_runs(results, model, preset["models"][model])
+        unavailable += [w for w in why if w not in unavailable]
+    keys = _columns(list(runs.values()), name)
+    raw, shown = [], []
+    for label, model in picked.items():
+        entry = preset["models"][model]
+        stats = summarize(runs[label])
+        base = {"row": label, "model": model, "setup": model_label(entry, preset["models"])}
+        raw.append(base | {"seeds": len(runs[label])} | _raw(stats, keys))
+        shown.append(base | {"seeds": _seeds_cell(len(runs[label]), stats)}
+                     | {COLUMNS[k]: _cell(k, stats.get(k)) for k in keys})
         if with_paper and model in PAPER:
-            rec.update({f"paper {k}": v for k, v in PAPER[model].items()})
-        records.append(rec)
-        notes += [f"{model} — {w}" for w in why]
-    if not records:
-        return None, notes
-    df = pd.DataFrame.from_records(records).set_index("row")
-    always = {"steps", "seconds_per_image", "fid", "isc", "precision", "recall"}  # shown even when unavailable
-    keep = ["model"] + [c for c, _, _ in COLUMNS if c in df or c in always] + [c for c in df if c.startswith("paper ")]
-    df = df.reindex(columns=keep)
-    for col, (_, header, _) in ((c, x) for x in COLUMNS for c in [x[0]] if x[0] in always):
-        if df[col].isna().all() and not any(n.split(" — ")[-1].startswith(col) for n in notes):
-            notes.append(f"{header.split()[0]}: not computed for this preset (not in `evaluate.metrics`)")
-    if name == "table2":
-        keep = [c for c in keep if c != "params"]
-    return df[keep].astype(object).where(df[keep].notna(), None), sorted(set(notes))
+            for k, v in PAPER[model].items():
+                raw[-1][f"paper {k}"] = v
+                shown[-1][f"{COLUMNS[k]} (paper)"] = str(v)  # as the paper prints it
+    for floor, frame in floors.items():
+        label, setup = FLOORS[floor]
+        stats = summarize(frame)
+        raw.append({"row": label, "model": "", "setup": setup} | _raw(stats, keys))
+        shown.append({"row": label, "model": "", "setup": setup, "seeds": ""}
+                     | {COLUMNS[k]: _cell(k, stats[k]) if k in stats else "" for k in keys})
+    unavailable += _missing_notes(keys, {picked[lb]: r for lb, r in runs.items()}, unavailable)
+    return Table(pd.DataFrame(raw).set_index("row"), pd.DataFrame(shown).fillna("–"),
+                 _notes(keys, runs, floors, results), unavailable, runs)
 
 
-def _fmt(df):
-    out = df.copy().astype(object)
-    fmts = {k: f for k, _, f in COLUMNS} | {f"paper {k}": f for k, _, f in COLUMNS}
-    for col in out:
-        if col in fmts:
-            out[col] = [("–" if v is None or v != v else fmts[col].format(int(v) if "d}" in fmts[col] or "," in fmts[col]
-                                                                            else v)) for v in df[col]]
-    headers = {k: h for k, h, _ in COLUMNS} | {f"paper {k}": f"{h} (paper)" for k, h, _ in COLUMNS}
-    return out.rename(columns=headers)
+def _raw(stats: dict, keys) -> dict:
+    out = {}
+    for k in keys:
+        s = stats.get(k)
+        out |= {k: s.mean if s else math.nan, f"{k}_se": s.se if s else math.nan, f"{k}_n": s.n if s else 0}
+    return out
 
 
-def write_tables(config_path, preset_name: str, results: str | Path, out: str | Path) -> list[Path]:
+def _notes(keys, runs: dict, floors: dict, results: Path) -> list[str]:
+    notes = ["± is the standard error of the mean across training seeds (std/√n, n = seeds); with one seed it is "
+             "the run's own standard error where the metric has one (NLL: over held-out images; classifier KID, "
+             "class accuracy: over samples), else no ± is shown."]
+    if "nll" in keys:
+        notes.append("NLL / token: teacher-forced held-out NLL (nats per token); for n > 1 it is the exact "
+                     "likelihood of what the sampler draws (the product of the within-group conditionals).")
+    if {"cls_fid", "cls_kid", "class_accuracy"} & set(keys):
+        acc = classifier_accuracy(results, runs.values())
+        notes.append("classifier FID/KID: on the features of a small classifier trained on the train split"
+                     + (f" (test accuracy {acc[0]:.1%}{acc[1]})" if acc else "")
+                     + "; class accuracy: share of samples it labels as the requested class.")
+    if SPREADS & set(keys):
+        notes.append("KID subset std / IS split std: torch-fidelity's spread over random subsets (splits), "
+                     "a spread, not a standard error.")
+    if "n_samples" in keys:
+        notes.append("generated / reference: the images each metric compares.")
+    if floors:
+        notes.append("Floors (rows below the models): " + "; ".join(f"{FLOORS[f][0].split(': ')[1]} = "
+                                                                      f"{FLOORS[f][1]}" for f in floors)
+                     + ". No model trained on these tokens can be expected to beat them.")
+    return notes
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+LATEX = {"↓": r"$\downarrow$", "↑": r"$\uparrow$", "±": r"$\pm$", "≈": r"$\approx$", "×": r"$\times$",
+         "→": r"$\rightarrow$", "−": "-", "–": "--", "—": "---", "·": r"$\cdot$", "√": r"$\surd$", "≥": r"$\geq$",
+         "≤": r"$\leq$"}
+
+
+def latex_ascii(tex: str) -> str:
+    """Non-ASCII characters as LaTeX commands (pure-ASCII .tex); anything unknown is transliterated."""
+    for ch, cmd in LATEX.items():
+        tex = tex.replace(ch, cmd)
+    return unicodedata.normalize("NFKD", tex).encode("ascii", "ignore").decode()
+
+
+def markdown_table(df) -> str:
+    """Text columns left-aligned, numbers right-aligned, cells printed as formatted (no re-parsing of numbers)."""
+    align = tuple("left" if c in TEXT else "right" for c in df.columns)
+    return df.to_markdown(index=False, disable_numparse=True, colalign=align)
+
+
+def _markdown(title: str, table: Table, preset_name: str, results: Path) -> str:
+    intro = (f"Preset `{preset_name}`; every value is read from `{results}`."
+             + (" Columns marked (paper) are the paper's reported numbers." if preset_name == "paper" else ""))
+    text = f"### {title}\n\n{intro}\n\n{markdown_table(table.shown)}\n\nNotes:\n\n"
+    text += "".join(f"- {n}\n" for n in table.notes)
+    if table.unavailable:
+        text += "\nUnavailable:\n\n" + "".join(f"- {u}\n" for u in sorted(table.unavailable))
+    return text
+
+
+def _latex(title: str, name: str, table: Table) -> str:
+    fmt = "".join("l" if c in TEXT else "r" for c in table.shown.columns)
+    tex = table.shown.to_latex(index=False, caption=title, label=f"tab:{name}", escape=True, column_format=fmt)
+    return latex_ascii(tex)
+
+
+def _extra_verdicts(paths) -> list[dict]:
+    rows = []
+    for p in paths or ():
+        data = _load(Path(p), "write it (a JSON list of verdict rows) or drop --extra-verdicts")
+        if isinstance(data, dict) and isinstance(data.get("verdicts"), list):  # e.g. entropy_summary.json
+            data = data["verdicts"]
+        if not isinstance(data, list):
+            raise UserError(f"{p}: expected a JSON list of verdict rows ({', '.join(verdicts.COLUMNS)})")
+        rows += data
+    return rows
+
+
+def write_tables(config_path, preset_name: str, results: str | Path, out: str | Path,
+                 extra_verdicts=()) -> list[Path]:
+    """Every table of config `tables:` for `preset_name` (md, csv, tex) and, when a claim can be judged,
+    verdicts.{md,csv}. `extra_verdicts`: JSON files of rows judged elsewhere (entropy) to add to the verdicts."""
     cfg, preset = load_config(config_path, preset_name)
+    return write_tables_for(cfg, preset, preset_name, results, out, _extra_verdicts(extra_verdicts))
+
+
+def write_tables_for(cfg: dict, preset: dict, preset_name: str, results, out, extra=()) -> list[Path]:
+    """`write_tables` on an already loaded config (`cfg`: the whole file, `preset`: its section)."""
     results, out = Path(results), Path(out)
-    written = []
+    floors, written, runs = read_floors(results), [], {}
     for name, spec in sorted(cfg["tables"].items()):
-        df, notes = build_table(name, spec, preset, results, with_paper=preset_name == "paper")
+        table = build_table(name, spec, preset, results, with_paper=preset_name == "paper", floors=floors)
         title = TITLES.get(name, name)
-        if df is None:
-            text = f"### {title}\n\n_No model of preset `{preset_name}` fills this table._\n"
-            io.write_text(out / f"{name}.md", text)
+        if table is None:
+            io.write_text(out / f"{name}.md",
+                          f"### {title}\n\n_No model of preset `{preset_name}` fills this table._\n")
             io.write_text(out / f"{name}.csv", "")
-            io.write_text(out / f"{name}.tex", f"% {title}: no rows for preset {preset_name}\n")
+            io.write_text(out / f"{name}.tex", f"% {latex_ascii(title)}: no rows for preset {preset_name}\n")
         else:
-            shown = _fmt(df)
-            foot = "".join(f"\n- {n}" for n in notes)
-            io.write_text(out / f"{name}.md", f"### {title}\n\nPreset `{preset_name}`; every value is read from "
-                          f"`{results}`." + ("" if preset_name != "paper" else " Columns marked (paper) are the "
-                          "paper's reported numbers.") + f"\n\n{shown.to_markdown()}\n"
-                          + (f"\nUnavailable:{foot}\n" if notes else ""))
-            io.write_text(out / f"{name}.csv", df.to_csv())
-            io.write_text(out / f"{name}.tex", shown.to_latex(caption=title, label=f"tab:{name}", escape=True))
+            runs[name] = table.runs
+            io.write_text(out / f"{name}.md", _markdown(title, table, preset_name, results))
+            io.write_text(out / f"{name}.csv", table.raw.to_csv())
+            io.write_text(out / f"{name}.tex", _latex(title, name, table))
         written += [out / f"{name}.{e}" for e in ("md", "csv", "tex")]
-    return written
+    return written + write_verdicts(runs, out, extra)
+
+
+def write_verdicts(runs: dict, out: Path, extra=()) -> list[Path]:
+    """verdicts.md (rule + table) and verdicts.csv when any claim can be judged; else stale copies are removed."""
+    df = verdicts.judge_claims(runs, extra=extra)
+    paths = [out / "verdicts.md", out / "verdicts.csv"]
+    if df.empty:
+        for p in paths:
+            p.unlink(missing_ok=True)
+        return []
+    io.write_text(paths[0], f"{verdicts.rule_text()}\n\n{verdicts.to_markdown(df)}\n")
+    io.write_text(paths[1], df.to_csv(index=False))
+    return paths
 
 
 def cmd_tables(args) -> int:
-    for p in write_tables(args.config, args.preset, args.results, args.out):
+    for p in write_tables(args.config, args.preset, args.results, args.out, args.extra_verdicts):
         print(p)
     return 0
 
 
 def register(sub):
-    p = sub.add_parser("tables", help="Tables 2 and 3(a)-(e) from result files (Markdown, CSV, LaTeX)")
+    p = sub.add_parser("tables", help="Tables 2 and 3(a)-(e) from result files (Markdown, CSV, LaTeX) and the "
+                                      "verdict on each claim of Table 3")
     add_run_arguments(p)
     p.add_argument("--out", default="analysis/tables", help="output folder (default: analysis/tables)")
+    p.add_argument("--extra-verdicts", nargs="*", default=[], metavar="JSON",
+                   help="JSON lists of verdict rows judged elsewhere (e.g. the entropy claims) to add")
     p.set_defaults(func=cmd_tables)

@@ -118,6 +118,10 @@ SIZES: dict[str, dict] = {
     "tiny-S": dict(n_layer=2, n_head=4, dim=64, multiple_of=32),
     "tiny-M": dict(n_layer=3, n_head=4, dim=96, multiple_of=32),
     "tiny-L": dict(n_layer=4, n_head=4, dim=128, multiple_of=32),
+    # the small preset (Fashion-MNIST, 16×16 tokens, 2 CPU cores): three sizes for Table 3(e)
+    "small-S": dict(n_layer=3, n_head=4, dim=64, multiple_of=32),
+    "small-M": dict(n_layer=4, n_head=4, dim=96, multiple_of=32),
+    "small-L": dict(n_layer=5, n_head=4, dim=128, multiple_of=32),
     "tiny-XL": dict(n_layer=6, n_head=6, dim=192, multiple_of=32),
 }
 

@@ -31,8 +31,8 @@ import numpy as np
 
 from par.cluster import array_task
 from par.config import TokenizeJob, add_arguments, from_args
-from par.data.crops import BadImage, list_images, load_rgb, ten_crop_transform
-from par.data.shards import (FORMAT, MANIFEST, NUM_CROPS, VERSION, check_shard, finalize, read_shard_meta,
+from par.data.crops import BadImage, crop_size, list_images, load_rgb, ten_crop_transform
+from par.data.shards import (CENTRE, CROP_ORDER, FORMAT, MANIFEST, NUM_CROPS, VERSION, check_shard, finalize, read_shard_meta,
                              shard_name, write_shard)
 from par.errors import UserError
 from par.io import remove_stale_temps, sha256_file, try_claim
@@ -261,8 +261,15 @@ class _Shard:
                 self.skipped.append({"index": i, "path": os.path.relpath(path, run.root), "label": label,
                                      "reason": reason})
         if good:
-            x = torch.cat([x for _, x in good]).to(dev, non_blocking=True)
-            codes = run.model.encode(x)[1].reshape(len(good), NUM_CROPS, run.side ** 2)
+            x = torch.stack([x for _, x in good]).to(dev, non_blocking=True)  # (B, 10, 3, S, S)
+            if crop_size(run.image_size, run.crop_range) == run.image_size:
+                # crop_range 1: the five positions coincide, so only the centre and its flip are distinct;
+                # encode those two and copy their codes to the other positions (the same codes, 5× less work)
+                distinct = [CROP_ORDER.index(CENTRE), CROP_ORDER.index("hflip-" + CENTRE)]
+                codes = run.model.encode(x[:, distinct].flatten(0, 1))[1].reshape(len(good), 2, run.side ** 2)
+                codes = codes[:, [int(name.startswith("hflip-")) for name in CROP_ORDER]]
+            else:
+                codes = run.model.encode(x.flatten(0, 1))[1].reshape(len(good), NUM_CROPS, run.side ** 2)
             self.codes.append(codes.to("cpu", torch.int16).numpy())
             self.indices += [i for i, _ in good]
             self.labels += [run.samples[i][1] for i, _ in good]

@@ -24,19 +24,19 @@ from par.config import VQTrainJob, add_arguments, from_args
 from par.errors import UserError
 
 
-def _load_images(root: str, size: int, seed: int, heldout: int):
-    """(train, test, skipped): uint8 (N, 3, 1.1·size, 1.1·size) centre crops, shuffled, the last `heldout`
-    the test split; and the images that could not be used, as [{"path", "reason"}] (path relative to `root`),
-    each also reported on stderr as it is met, as `par tokenize` does."""
+def _load_images(root: str, size: int, seed: int, heldout: int, crop_range: float = 1.1):
+    """(train, test, skipped): uint8 (N, 3, c, c) centre crops (c = int(size · crop_range)), shuffled, the last
+    `heldout` the test split; and the images that could not be used, as [{"path", "reason"}] (path relative to
+    `root`), each also reported on stderr as it is met, as `par tokenize` does."""
     import os
     import sys
 
     from par.data.crops import BadImage, center_crop_arr, crop_size, list_images, load_rgb
 
     _, samples = list_images(root)
-    if len(samples) <= heldout:
+    if len(samples) <= heldout or not samples:
         raise UserError(f"--images {root}: {len(samples)} images, need more than --heldout {heldout}")
-    big = crop_size(size, 1.1)
+    big = crop_size(size, crop_range)
     arrs, skipped = [], []
     for path, _ in samples:
         try:
@@ -48,12 +48,12 @@ def _load_images(root: str, size: int, seed: int, heldout: int):
             reason = f"cannot crop: {type(e).__name__}: {e}"
         skipped.append({"path": os.path.relpath(path, root), "reason": reason})
         print(f"par train-vq: skipped {skipped[-1]['path']}: {reason}", file=sys.stderr)
-    if len(arrs) <= heldout:
+    if len(arrs) <= heldout or not arrs:
         raise UserError(f"--images {root}: {len(arrs)} readable images ({len(skipped)} skipped, listed above), "
                         f"need more than --heldout {heldout}; add images or lower --heldout")
     x = np.stack(arrs).transpose(0, 3, 1, 2)
     x = x[np.random.default_rng(seed).permutation(len(x))]
-    return x[:-heldout], x[-heldout:], skipped
+    return x[:len(x) - heldout], x[len(x) - heldout:], skipped
 
 
 def _to_float(x_uint8):
@@ -67,17 +67,18 @@ def _center(x, size):
     return x[..., o:o + size, o:o + size]
 
 
-def evaluate_vq(vq, test_uint8, size: int, rfid_images: int = 0) -> dict:
+def evaluate_vq(vq, test_uint8, size: int, rfid_images: int = 0, batch_size: int = 512) -> dict:
     import torch
 
     x = _to_float(_center(test_uint8, size))
     with torch.no_grad():
-        recon, _ = vq(x)
-        _, codes = vq.encode(x)
+        recon = torch.cat([vq(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
+        codes = torch.cat([vq.encode(x[i:i + batch_size])[1] for i in range(0, len(x), batch_size)])
     recon = recon.clamp(-1, 1)
     mse = ((recon - x) ** 2).mean(dim=(1, 2, 3))
     psnr = (10 * torch.log10(4.0 / mse)).mean().item()  # peak-to-peak range 2 in [-1, 1]
-    out = {"psnr_db": psnr, "mse": mse.mean().item(),
+    out = {"psnr_db": psnr, "psnr_db_se": (10 * torch.log10(4.0 / mse)).std().item() / math.sqrt(len(mse)),
+           "images": len(mse), "mse": mse.mean().item(),
            "codebook_usage": torch.unique(codes).numel() / vq.cfg.codebook_size}
     if rfid_images:
         from par.eval.metrics import extract_features, feature_statistics, frechet_distance
@@ -120,7 +121,7 @@ def train_vq(cfg: VQTrainJob) -> dict:
     vq = VQModel(VQConfig(codebook_size=cfg.codebook_size, codebook_embed_dim=cfg.codebook_embed_dim, ch=cfg.ch,
                           encoder_ch_mult=mult, decoder_ch_mult=mult, z_channels=cfg.z_channels,
                           enc_res_blocks=cfg.res_blocks, dec_res_blocks=cfg.res_blocks))
-    train_x, test_x, skipped = _load_images(cfg.images, cfg.image_size, cfg.seed, cfg.heldout)
+    train_x, test_x, skipped = _load_images(cfg.images, cfg.image_size, cfg.seed, cfg.heldout, cfg.crop_range)
     before = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
     opt = torch.optim.Adam(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -148,6 +149,9 @@ def train_vq(cfg: VQTrainJob) -> dict:
         if (step + 1) % max(1, cfg.steps // 20) == 0:
             log.append({"step": step + 1, **{k: v.item() for k, v in losses.items()}})
     after = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
+    if cfg.test_images:  # the preset's held-out split (never trained on): what the report quotes
+        test_split = _load_images(cfg.test_images, cfg.image_size, cfg.seed, 0, cfg.crop_range)[0]
+        after["test"] = evaluate_vq(vq, test_split, cfg.image_size)
     grid = cfg.image_size // vq.cfg.downsample
     metrics = {"config": dataclasses.asdict(cfg), "grid": [grid, grid], "train_images": len(train_x),
                "heldout_images": len(test_x), "num_skipped": len(skipped), "skipped": skipped,
@@ -162,7 +166,8 @@ def cmd_train_vq(args) -> int:
     b, a = m["before"], m["after"]
     print(f"held-out PSNR {b['psnr_db']:.2f} → {a['psnr_db']:.2f} dB, MSE {b['mse']:.4f} → {a['mse']:.4f}, "
           f"codebook usage {b['codebook_usage']:.2%} → {a['codebook_usage']:.2%}"
-          + (f", rFID {b['rfid']:.1f} → {a['rfid']:.1f}" if "rfid" in a else ""))
+          + (f", rFID {b['rfid']:.1f} → {a['rfid']:.1f}" if "rfid" in a else "")
+          + (f"; test split PSNR {a['test']['psnr_db']:.2f} dB" if "test" in a else ""))
     return 0
 
 

@@ -4,7 +4,7 @@ N samples are cut into fixed shards; shard k (indices [k·S, (k+1)·S)) draws it
 tokens from a generator seeded by (seed, k), so the result does not depend on how many ranks or Slurm
 array tasks share the work. Each shard is written atomically; a rerun after a kill completes only the
 missing shards. `--finalize` (or the process that finds every shard present) packs the ADM-format npz
-(`arr_0`, uint8 N×H×W×3), an 8 × 8 class grid PNG and `sampling.json` (settings, steps, latency at batch 1,
+(`arr_0`, uint8 N×H×W×3), a class grid PNG (one row per class, the first 10 classes, 10 samples each) and `sampling.json` (settings, steps, latency at batch 1,
 throughput).
 
 Decoding follows the reference: tokens (raster) → VQ decode at 16·L px → bicubic resize (no antialias)
@@ -111,7 +111,7 @@ def measure_latency(job: SampleJob, model, vq, device, repeats: int = 7) -> tupl
     return min(times), times
 
 
-def class_grid(job: SampleJob, model, vq, device, classes=8, per_class=8) -> np.ndarray:
+def class_grid(job: SampleJob, model, vq, device, classes=10, per_class=10) -> np.ndarray:
     """(classes·H, per_class·W, 3) uint8 grid: one row per class (the first `classes` classes)."""
     import torch
 

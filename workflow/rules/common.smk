@@ -30,19 +30,24 @@ jobs_end_with_snakemake()
 results = experiment.results
 analysis = experiment.analysis
 models = experiment.models
+runs = experiment.runs
 config_file = experiment.config_file
 
 
+wildcard_constraints:
+    run=r"[^/]+/s\d+",
+
+
 def train_args(wildcards):
-    return experiment.train_args(wildcards.model)
+    return experiment.train_args(wildcards.run)
 
 
 def sample_args(wildcards):
-    return experiment.sample_args(wildcards.model)
+    return experiment.sample_args(wildcards.run)
 
 
 def model_file(wildcards):
-    return experiment.model_path(wildcards.model)
+    return experiment.model_path(wildcards.run)
 
 
 def fetch_args(wildcards):
@@ -54,9 +59,5 @@ def entropy_map_args(wildcards):
 
 
 def training_images(wildcards):
-    """The tinyset marker file when the preset generates its images (an ImageFolder is not a rule's output)."""
-    return {"images": rules.tinyset.output[0]} if experiment.uses_tinyset else {}
-
-
-def reference_images(wildcards):
-    return {"images": rules.reference_tinyset.output[0]} if experiment.uses_tinyset else {}
+    """The marker file of the training split (written by `make-tinyset` or `prepare-images`)."""
+    return {"images": experiment.images_marker()}

@@ -37,9 +37,27 @@ rule reference_tinyset:
         "exec par make-tinyset --out {params.out} {params.args} > {log} 2>&1"
 
 
+rule prepare_images:
+    output:
+        f"{results}/images/images.json",
+    log:
+        f"{results}/logs/prepare_images/prepare_images.log",
+    benchmark:
+        f"{results}/benchmarks/prepare_images/prepare_images.tsv"
+    params:
+        out=output_folder,
+        args=experiment.prepare_images_args(),
+    resources:
+        **experiment.resources("data"),
+    conda:
+        "../../envs/par.yaml"
+    shell:
+        "exec par prepare-images --out {params.out} {params.args} > {log} 2>&1"
+
+
 rule reference:
     input:
-        unpack(reference_images),
+        heldout=experiment.heldout_marker(),
     output:
         f"{results}/reference.npz",
     log:
@@ -47,7 +65,7 @@ rule reference:
     benchmark:
         f"{results}/benchmarks/reference/reference.tsv"
     params:
-        images=experiment.reference_image_folder,
+        images=experiment.heldout_folder,
         args=experiment.reference_args(),
     resources:
         **experiment.resources("data"),
@@ -57,9 +75,36 @@ rule reference:
         "exec par make-reference --images {params.images} --out {output} {params.args} > {log} 2>&1"
 
 
+rule floor_images:
+    input:
+        heldout=experiment.heldout_marker(),
+        vq=lambda w: experiment.vq_path() if w.floor == "recon" else [],
+    output:
+        npz=f"{results}/floors/{{floor}}/samples.npz",
+        labels=f"{results}/floors/{{floor}}/labels.npy",
+    log:
+        f"{results}/logs/floor_images/{{floor}}.log",
+    benchmark:
+        f"{results}/benchmarks/floor_images/{{floor}}.tsv"
+    params:
+        images=experiment.heldout_folder,
+        vq=lambda w, input: f"--vq {input.vq}" if w.floor == "recon" else "",
+        args=lambda w: experiment.floor_args(w.floor),
+    wildcard_constraints:
+        floor="real|recon",
+    resources:
+        **experiment.resources("data"),
+    conda:
+        "../../envs/par.yaml"
+    shell:
+        "exec par make-reference --images {params.images} --out {output.npz} --labels {output.labels} {params.vq} "
+        "{params.args} > {log} 2>&1"
+
+
 rule train_vq:
     input:
         unpack(training_images),
+        heldout=experiment.heldout_marker(),
     output:
         vq=f"{results}/vq/vq.pt",
         metrics=f"{results}/vq/vq_metrics.json",
@@ -69,6 +114,7 @@ rule train_vq:
         f"{results}/benchmarks/train_vq/train_vq.tsv"
     params:
         images=experiment.image_folder,
+        heldout=experiment.heldout_folder,
         out=output_folder,
         args=experiment.vq_train_args(),
     threads: 2
@@ -77,7 +123,8 @@ rule train_vq:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par train-vq --images {params.images} --out {params.out} {params.args} "
+        "OMP_NUM_THREADS={threads} exec par train-vq --images {params.images} --test-images {params.heldout} "
+        "--out {params.out} {params.args} "
         "> {log} 2>&1"
 
 
@@ -103,6 +150,56 @@ rule tokenize:
     shell:
         "OMP_NUM_THREADS={threads} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
         "{params.args} > {log} 2>&1"
+
+
+rule tokenize_heldout:
+    input:
+        heldout=experiment.heldout_marker(),
+        vq=experiment.vq_path(),
+    output:
+        f"{results}/tokens_heldout/manifest.json",
+    log:
+        f"{results}/logs/tokenize_heldout/tokenize_heldout.log",
+    benchmark:
+        f"{results}/benchmarks/tokenize_heldout/tokenize_heldout.tsv"
+    params:
+        images=experiment.heldout_folder,
+        out=output_folder,
+        args=experiment.tokenize_args(),
+    threads: 2
+    resources:
+        **experiment.resources("tokenize"),
+    conda:
+        "../../envs/par.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
+        "{params.args} > {log} 2>&1"
+
+
+rule train_classifier:
+    input:
+        unpack(training_images),
+        heldout=experiment.heldout_marker(),
+    output:
+        weights=f"{results}/classifier/classifier.pt",
+        metrics=f"{results}/classifier/metrics.json",
+    log:
+        f"{results}/logs/train_classifier/train_classifier.log",
+    benchmark:
+        f"{results}/benchmarks/train_classifier/train_classifier.tsv"
+    params:
+        images=experiment.image_folder,
+        heldout=experiment.heldout_folder,
+        out=output_folder,
+        args=experiment.classifier_args(),
+    threads: 2
+    resources:
+        **experiment.resources("evaluate"),
+    conda:
+        "../../envs/par.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} exec par train-classifier --images {params.images} --heldout {params.heldout} "
+        "--out {params.out} {params.args} > {log} 2>&1"
 
 
 rule fetch:

@@ -69,6 +69,7 @@ rule entropy_figures:
     output:
         f"{analysis}/entropy/entropy_maps.png",
         f"{analysis}/entropy/entropy_increase.png",
+        f"{analysis}/entropy/entropy_summary.json",
     log:
         f"{results}/logs/entropy_figures/entropy_figures.log",
     benchmark:

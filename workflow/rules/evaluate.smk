@@ -3,17 +3,20 @@
 
 rule evaluate:
     input:
-        samples=f"{results}/samples/{{model}}/samples.npz",
+        samples=f"{results}/samples/{{run}}/samples.npz",
         reference=experiment.evaluation_reference(),
+        classifier=f"{results}/classifier/classifier.pt" if experiment.uses_classifier else [],
     output:
-        f"{results}/metrics/{{model}}.json",
+        f"{results}/metrics/{{run}}.json",
     log:
-        f"{results}/logs/evaluate/{{model}}.log",
+        f"{results}/logs/evaluate/{{run}}.log",
     benchmark:
-        f"{results}/benchmarks/evaluate/{{model}}.tsv"
+        f"{results}/benchmarks/evaluate/{{run}}.tsv"
     params:
         reference=experiment.evaluation_reference_flag(),
+        classifier=lambda w, input: f"--classifier-weights {input.classifier}" if input.classifier else "",
         args=experiment.evaluate_args(),
+        meta=lambda w: f"run={w.run}",
     threads: 2
     resources:
         **experiment.resources("evaluate"),
@@ -21,4 +24,47 @@ rule evaluate:
         "../../envs/par.yaml"
     shell:
         "OMP_NUM_THREADS={threads} exec par evaluate --samples {input.samples} {params.reference} {input.reference} "
-        "--out {output} {params.args} --meta model={wildcards.model} > {log} 2>&1"
+        "{params.classifier} --out {output} {params.args} --meta {params.meta} > {log} 2>&1"
+
+
+# The floors beside every table, on the same metrics: held-out real images, and the same through the tokenizer.
+use rule evaluate as evaluate_floor with:
+    input:
+        samples=f"{results}/floors/{{floor}}/samples.npz",
+        reference=experiment.evaluation_reference(),
+        classifier=f"{results}/classifier/classifier.pt" if experiment.uses_classifier else [],
+    output:
+        f"{results}/floors/{{floor}}.json",
+    log:
+        f"{results}/logs/evaluate_floor/{{floor}}.log",
+    benchmark:
+        f"{results}/benchmarks/evaluate_floor/{{floor}}.tsv"
+    params:
+        reference=experiment.evaluation_reference_flag(),
+        classifier=lambda w, input: f"--classifier-weights {input.classifier}" if input.classifier else "",
+        args=experiment.evaluate_args(),
+        meta=lambda w: f"floor={w.floor}",
+
+
+# Held-out likelihood: teacher-forced NLL per token on the held-out split's tokens (par/eval/nll.py).
+rule nll:
+    input:
+        model=model_file,
+        tokens=f"{results}/tokens_heldout/manifest.json",
+    output:
+        f"{results}/nll/{{run}}.json",
+    log:
+        f"{results}/logs/nll/{{run}}.log",
+    benchmark:
+        f"{results}/benchmarks/nll/{{run}}.tsv"
+    params:
+        tokens=lambda w, input: os.path.dirname(input.tokens),
+        args=experiment.nll_args(),
+    threads: 1
+    resources:
+        **experiment.resources("evaluate"),
+    conda:
+        "../../envs/par.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} exec par nll --model {input.model} --tokens {params.tokens} --out {output} "
+        "{params.args} > {log} 2>&1"

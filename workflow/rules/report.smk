@@ -5,8 +5,12 @@
 rule tables:
     input:
         config=config_file,
-        metrics=expand(f"{results}/metrics/{{model}}.json", model=models),
-        sampling=expand(f"{results}/samples/{{model}}/sampling.json", model=models),
+        metrics=expand(f"{results}/metrics/{{run}}.json", run=runs),
+        sampling=expand(f"{results}/samples/{{run}}/sampling.json", run=runs),
+        nll=expand(f"{results}/nll/{{run}}.json", run=runs),
+        floors=expand(f"{results}/floors/{{floor}}.json", floor=experiment.floors),
+        classifier=f"{results}/classifier/metrics.json" if experiment.uses_classifier else [],
+        entropy=f"{analysis}/entropy/entropy_summary.json",
     output:
         expand(f"{analysis}/tables/{{table}}.{{ext}}", table=experiment.tables, ext=["md", "csv", "tex"]),
     log:
@@ -23,14 +27,14 @@ rule tables:
         "../../envs/par.yaml"
     shell:
         "exec par tables --config {input.config} --preset {params.preset} --results {params.results} "
-        "--out {params.out} > {log} 2>&1"
+        "--out {params.out} --extra-verdicts {input.entropy} > {log} 2>&1"
 
 
 rule report:
     input:
         rules.tables.output,
         rules.entropy_figures.output,
-        expand(f"{results}/samples/{{model}}/grid.png", model=models),
+        expand(f"{results}/samples/{{run}}/grid.png", run=runs),
         config=config_file,
     output:
         md=f"{analysis}/report.md",

@@ -6,13 +6,13 @@ rule sample:
         model=model_file,
         vq=experiment.vq_path(),
     output:
-        npz=f"{results}/samples/{{model}}/samples.npz",
-        meta=f"{results}/samples/{{model}}/sampling.json",
-        grid=f"{results}/samples/{{model}}/grid.png",
+        npz=f"{results}/samples/{{run}}/samples.npz",
+        meta=f"{results}/samples/{{run}}/sampling.json",
+        grid=f"{results}/samples/{{run}}/grid.png",
     log:
-        f"{results}/logs/sample/{{model}}.log",
+        f"{results}/logs/sample/{{run}}.log",
     benchmark:
-        f"{results}/benchmarks/sample/{{model}}.tsv"
+        f"{results}/benchmarks/sample/{{run}}.tsv"
     params:
         out=output_folder,
         args=sample_args,

@@ -10,11 +10,11 @@ rule train:
     input:
         f"{results}/tokens/manifest.json",
     output:
-        f"{results}/models/{{model}}/model.pt",
+        f"{results}/models/{{run}}/model.pt",
     log:
-        f"{results}/logs/train/{{model}}.log",
+        f"{results}/logs/train/{{run}}.log",
     benchmark:
-        f"{results}/benchmarks/train/{{model}}.tsv"
+        f"{results}/benchmarks/train/{{run}}.tsv"
     params:
         tokens=input_folder,
         out=output_folder,

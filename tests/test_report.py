@@ -1,0 +1,273 @@
+"""Tables and report from a synthetic results tree: mean ± SE over seeds, floors, words for models, pure-ASCII LaTeX,
+verdicts; a report whose every link resolves inside the analysis folder, honest provenance, lists that render as
+lists, and (slow) the HTML in a real headless browser."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from par.analysis import report, tables
+from par.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = yaml.safe_load((ROOT / "config.yaml").read_text())["tables"]
+
+# model → (entry, NLL of each seed); the other metrics follow the NLL so every claim has a direction
+MODELS = {
+    "raster-n1": ({"size": "small-S", "order": "raster", "n": 1, "seeds": 3}, [1.24, 1.25, 1.26]),
+    "par-n4": ({"size": "small-S", "order": "par", "n": 4, "seeds": 3}, [1.26, 1.27, 1.25]),
+    "par-n16": ({"size": "small-S", "order": "par", "n": 16, "seeds": 3}, [1.30, 1.31, 1.32]),
+    "par-n4-causal": ({"size": "small-S", "order": "par", "n": 4, "group_attention": "causal"}, [1.29]),
+    "raster-n4": ({"size": "small-S", "order": "raster", "n": 4, "seeds": 3}, [1.40, 1.39, 1.41]),
+    "par-n1-r4": ({"size": "small-S", "order": "par", "n": 1, "regions": 4, "seeds": 2}, [1.46, 1.47]),
+    "par-n4-M": ({"size": "small-M", "order": "par", "n": 4, "seeds": 2}, [1.20, 1.22]),
+}
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def _grid(path: Path, shade: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 20), (shade, 100, 200)).save(path)
+
+
+def _metrics(nll: float, n_samples: int = 500) -> dict:
+    m = {"cls_fid": 100 * (nll - 1), "cls_kid": 0.01 * nll, "cls_kid_se": 0.001, "class_accuracy": 2.2 - nll,
+         "class_accuracy_se": 0.01, "fid": 300 * nll, "kid": 0.2 * nll, "kid_std": 0.004, "isc": None}
+    return {"metrics": m, "n_samples": n_samples, "n_reference": 1000,
+            "unavailable": {"isc": "no Inception logits weights offline"}, "classifier": {"test_accuracy": 0.91}}
+
+
+def make_results(root: Path, models: dict = MODELS, *, nll: bool = True, floors: bool = True) -> dict:
+    """A results tree as the pipeline writes it; returns the preset section."""
+    for i, (model, (entry, nlls)) in enumerate(models.items()):
+        for k, v in enumerate(nlls):
+            run = f"s{k}"
+            _write(root / "metrics" / model / f"{run}.json", _metrics(v))
+            _write(root / "samples" / model / run / "sampling.json",
+                   {"forward_calls": 256 // entry["n"] + 3, "seconds_per_image_batch1": 0.1 + 0.01 * k,
+                    "num_samples": 500})
+            _write(root / "models" / model / run / "config.json", {"params": 400_000 + i})
+            if nll:
+                _write(root / "nll" / model / f"{run}.json",
+                       {"nll": v, "nll_se": 0.002, "n_images": 10000, "tokens_per_image": 256, "split": "test"})
+            _grid(root / "samples" / model / run / "grid.png", 20 * i)
+    if floors:
+        _write(root / "floors" / "real.json", {**_metrics(1.0, 10000), "n_reference": 10000})
+        _write(root / "floors" / "recon.json", _metrics(1.1, 10000))
+    _write(root / "vq" / "vq_metrics.json", {"before": {"psnr_db": 9.5, "codebook_usage": 0.6},
+                                             "after": {"psnr_db": 28.4, "codebook_usage": 0.99},
+                                             "train_images": 60000, "grid": [16, 16],
+                                             "test": {"psnr_db": 28.1, "n_images": 10000}})
+    _write(root / "classifier" / "metrics.json", {"test_accuracy": 0.912, "n_test": 10000, "n_train": 60000})
+    return {"models": {m: e for m, (e, _) in models.items()}}
+
+
+@pytest.fixture
+def run(tmp_path):
+    preset = make_results(tmp_path / "results")
+    out = tmp_path / "analysis"
+    tables.write_tables_for({"tables": TABLES}, preset, "small", tmp_path / "results", out / "tables")
+    return preset, tmp_path / "results", out
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+def test_cells_are_mean_and_standard_error_over_seeds(run):
+    _, _, out = run
+    df = pd.read_csv(out / "tables" / "table3b.csv", index_col="row")
+    n4 = df.loc["n=4"]
+    assert n4["seeds"] == 3 and n4["nll"] == pytest.approx(1.26) and n4["nll_n"] == 3
+    assert n4["nll_se"] == pytest.approx(0.01 / 3 ** 0.5)  # std (ddof=1) over √n
+    assert n4["n_samples"] == 500 and n4["n_reference"] == 1000
+    md = (out / "tables" / "table3b.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| n=4 "))
+    assert "PAR n=4 " in row and "1.260 ± 0.006" in row and " 3 |" in row
+    assert "floor: real images" in md and "floor: VQ reconstruction" in md
+    assert "KID subset std" in md and "generated" in md and "reference" in md
+    assert "test accuracy 91.2%" in md
+    assert "Unavailable:\n\n- " in md and "no Inception logits" in md  # a list after a blank line
+
+
+def test_one_seed_shows_the_runs_own_standard_error_only_where_it_has_one(run):
+    _, _, out = run
+    md = (out / "tables" / "table3c.md").read_text()
+    header = [c.strip() for c in md.splitlines()[4].strip("|").split("|")]
+    cells = [c.strip() for c in next(x for x in md.splitlines() if x.startswith("| causal")).strip("|").split("|")]
+    row = dict(zip(header, cells))
+    assert row["seeds"] == "1"
+    assert row["NLL / token ↓"] == "1.290 ± 0.002"  # nll_se
+    assert row["class accuracy ↑"] == "0.910 ± 0.010"  # class_accuracy_se (an SE starting with 1: two digits)
+    assert row["classifier FID ↓"] == "29"  # no per-run SE: no ±
+    assert row["IS ↑"] == "–"
+
+
+def test_models_are_labelled_in_words_and_text_aligns_left(run):
+    _, _, out = run
+    md = "".join((out / "tables" / f"{t}.md").read_text() for t in TABLES)
+    for words in ("PAR n=4, causal in-group", "raster n=1", "PAR n=1, 4 regions", "PAR n=4 (size small-M)",
+                  "raster n=4"):
+        assert words in md
+    assert "{" not in md  # never a Python dict
+    align = (out / "tables" / "table3d.md").read_text().splitlines()[5]
+    cells = align.strip("|").split("|")
+    assert all(c.startswith(":") for c in cells[:3]) and all(c.endswith(":") and not c.startswith(":")
+                                                              for c in cells[3:])
+    assert tables.model_label({"order": "par", "n": 4, "initial_sequential": False}) == \
+        "PAR n=4, no initial sequential"
+
+
+def test_latex_is_pure_ascii(run):
+    _, _, out = run
+    tex = (out / "tables" / "table3b.tex").read_text()
+    assert tex.isascii()
+    assert r"$\downarrow$" in tex and r"$\pm$" in tex and r"$\uparrow$" in tex
+
+
+def test_verdicts_are_written_with_the_tables(run):
+    _, _, out = run
+    md = (out / "tables" / "verdicts.md").read_text()
+    assert "**Rule.**" in md and "distant multi better than raster multi" in md
+    df = pd.read_csv(out / "tables" / "verdicts.csv")
+    v = df.set_index(["comparison", "metric"])["verdict"]
+    assert v[("table3d: distant multi better than raster multi", "NLL / token")] == "reproduced"
+    assert v[("table3b: n=4 better than n=16", "classifier FID")] == "reproduced"
+    assert v[("table3e: M / XL better than S / L", "class accuracy")] == "reproduced"
+
+
+def test_no_judgeable_claim_leaves_no_verdict_file(tmp_path, run):
+    _, results, out = run
+    only = {"models": {"raster-n1": MODELS["raster-n1"][0]}}
+    tables.write_tables_for({"tables": TABLES}, only, "small", results, out / "tables")
+    assert not (out / "tables" / "verdicts.md").exists()
+
+
+def test_missing_optional_files_leave_a_dash_and_a_footnote(tmp_path):
+    models = {m: MODELS[m] for m in ("raster-n1", "par-n4", "par-n16")}
+    preset = make_results(tmp_path / "r", models, floors=False)
+    shutil.rmtree(tmp_path / "r" / "nll" / "par-n16")
+    tables.write_tables_for({"tables": TABLES}, preset, "small", tmp_path / "r", tmp_path / "t")
+    md = (tmp_path / "t" / "table3b.md").read_text()
+    assert "floor:" not in md
+    assert "par-n16 — nll: no held-out NLL file" in md
+    assert re.search(r"\| n=16 .*\| +– \|", md)
+
+
+def test_a_missing_result_file_is_one_clear_error(tmp_path):
+    preset = make_results(tmp_path / "r", {"par-n4": MODELS["par-n4"]})
+    (tmp_path / "r" / "metrics" / "par-n4" / "s2.json").unlink()
+    with pytest.raises(UserError, match=r"metrics/par-n4/s2\.json: result file missing; run the workflow"):
+        tables.write_tables_for({"tables": TABLES}, preset, "small", tmp_path / "r", tmp_path / "t")
+
+
+# ------------------------------------------------------------------------------------------ report
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)|href=[\"']([^\"']+)[\"']")
+
+
+def test_every_link_of_the_report_resolves_inside_the_analysis_folder(run):
+    preset, results, out = run
+    md = report.render_report({"tables": TABLES}, preset, "small", results, out).read_text()
+    links = [a or b for a, b in LINK.findall(md)]
+    assert len(links) >= len(MODELS) + 1  # one grid per model + the speed figure
+    for link in links:
+        target = (out / link).resolve()
+        assert target.is_file(), link
+        assert target.is_relative_to(out.resolve()), link
+    assert "samples/par-n4.png" in links and not any("results" in x for x in links)
+    assert "smoke test" not in md
+
+
+def test_report_sections_order_and_wording(run):
+    preset, results, out = run
+    md = report.render_report({"tables": TABLES}, preset, "small", results, out).read_text()
+    assert md.index("## Verdicts") < md.index("## How to read") < md.index("## Tables")
+    assert "**Rule.**" in md and "product of the within-group conditionals" in md and "Floors" in md
+    assert "Test split: reconstruction PSNR 28.10 dB on 10,000 images" in md
+    assert "test accuracy 91.2% on 10,000 test images" in md
+    assert "**PAR n=4, causal in-group** (`par-n4-causal`)" in md and "one row per class" in md
+    assert (out / "figures" / "speed_vs_quality.png").stat().st_size > 0
+
+
+def test_lists_have_a_blank_line_before_them_and_render_as_lists(run):
+    preset, results, out = run
+    md = report.render_report({"tables": TABLES}, preset, "small", results, out).read_text()
+    lines = md.splitlines()
+    fenced = False
+    for prev, line in zip(lines, lines[1:]):
+        fenced ^= prev.startswith("```")
+        if not fenced and line.startswith("- ") and not prev.startswith("- "):
+            assert prev == "", line
+    html = (out / "report.html").read_text()
+    assert html.count("<ul>") >= md.count("\n\n- ") > 0 and "<li>" in html
+    assert report.space_lists("Notes:\n- a\n- b") == "Notes:\n\n- a\n- b\n"
+
+
+def test_tiny_report_says_it_is_a_smoke_test(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    tiny = cfg["presets"]["tiny"]["models"]
+    models = {m: (e, [1.3 + i / 100] * (e.get("seeds") or 1)) for i, (m, e) in enumerate(tiny.items())}
+    make_results(tmp_path / "r", models, nll=False, floors=False)
+    tables.write_tables(ROOT / "config.yaml", "tiny", tmp_path / "r", tmp_path / "a" / "tables")
+    md = report.build_report(ROOT / "config.yaml", "tiny", tmp_path / "r", tmp_path / "a").read_text()
+    assert md.splitlines()[2].startswith("**This is a smoke test of the plumbing, not evidence.**")
+
+
+def test_a_missing_sample_grid_names_the_file(run):
+    preset, results, out = run
+    (results / "samples" / "par-n16" / "s0" / "grid.png").unlink()
+    with pytest.raises(UserError, match=r"samples/par-n16/s0/grid\.png: sample grid missing"):
+        report.render_report({"tables": TABLES}, preset, "small", results, out)
+
+
+def test_provenance_is_clean_when_only_the_analysis_folder_changed(tmp_path):
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    for p in ("par.py", "analysis/small/report.md", "out/report.md"):
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p).write_text("v1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    sha = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    (tmp_path / "analysis/small/report.md").write_text("v2\n")
+    (tmp_path / "out/report.md").write_text("v2\n")  # an --analysis folder elsewhere in the repository
+    (tmp_path / "untracked.txt").write_text("x\n")
+    assert report.git_provenance(tmp_path / "out", cwd=tmp_path) == f"{sha.strip()} (clean)"
+    (tmp_path / "par.py").write_text("v2\n")
+    assert report.git_provenance(tmp_path / "out", cwd=tmp_path) == f"{sha.strip()} with uncommitted changes (par.py)"
+
+
+# ------------------------------------------------------------------------------------------ in a browser
+
+
+@pytest.mark.slow
+def test_report_html_in_a_headless_browser(run):
+    """Every image loads and every Markdown list is an HTML list, in Debian's chromium driven by Playwright."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright missing (pip install playwright)")
+    preset, results, out = run
+    md = report.render_report({"tables": TABLES}, preset, "small", results, out).read_text()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto((out / "report.html").resolve().as_uri(), wait_until="load")
+        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.getAttribute('src'), i.naturalWidth])")
+        items = page.eval_on_selector_all("ul > li", "lis => lis.length")
+        lists = page.eval_on_selector_all("ul", "uls => uls.length")
+        browser.close()
+    assert len(widths) == md.count("![") and all(w > 0 for _, w in widths), widths
+    assert lists == md.count("\n\n- ") and items == len(re.findall(r"^- ", md, re.M))

@@ -1,0 +1,166 @@
+"""Verdicts on the paper's claims: each outcome of the stated rule, the seeds-to-resolve count, the precision of
+printed numbers. Everything is fed synthetic per-seed values; nothing reads a result file."""
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from par.analysis.verdicts import (CLAIMS, Comparison, format_pm, judge, judge_claims, mean_se, rule_text,
+                                   seeds_needed, to_markdown)
+
+
+def _seeds(mean: float, sd: float, n: int) -> list[float]:
+    """n values with exactly this mean and sample standard deviation (ddof=1)."""
+    z = np.linspace(-1, 1, n)
+    z = (z - z.mean()) / z.std(ddof=1)
+    return list(mean + sd * z)
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+
+def test_mean_and_standard_error_across_seeds_and_for_one_seed():
+    s = mean_se([1.0, 1.2, 1.4])
+    assert s.n == 3 and s.mean == pytest.approx(1.2) and s.se == pytest.approx(0.2 / math.sqrt(3))
+    assert s.source == "seeds"
+    one = mean_se([1.0, None, float("nan")], run_se=0.01)  # missing values do not count as seeds
+    assert (one.n, one.se, one.source) == (1, 0.01, "run")
+    bare = mean_se([1.0])
+    assert math.isnan(bare.se) and bare.source is None
+
+
+@pytest.mark.parametrize("mean,se,text", [
+    (0.0043, 0.0021, "0.004 ± 0.002"),  # a small value keeps its digits (never "0")
+    (343.81, 23.0, "340 ± 20"),
+    (343.81, 12.0, "344 ± 12"),  # an SE starting with 1 keeps two digits
+    (1.2441, 0.096, "1.24 ± 0.10"),
+    (-0.0004, 0.01, "0.000 ± 0.010"),  # no "-0.000"
+    (77.77, None, "77.77"),
+    (140480.0, 0.0, "140,480"),
+    (None, 0.1, "–"),
+])
+def test_numbers_carry_the_precision_of_their_error_bar(mean, se, text):
+    assert format_pm(mean, se) == text
+
+
+# ------------------------------------------------------------------------------------------ "A better than B"
+
+
+def test_a_clear_difference_in_the_claimed_direction_is_reproduced_and_in_the_other_contradicted():
+    a, b = [1.0, 1.1, 1.2], [1.4, 1.5, 1.6]
+    v = judge(a, b, lower_is_better=True)
+    assert v["verdict"] == "reproduced" and v["difference"] == pytest.approx(-0.4)
+    assert v["se"] == pytest.approx(math.sqrt(2 * 0.01 / 3)) and v["error_bar"] == "across seeds"
+    assert v["seeds_to_resolve"] is None
+    assert judge(a, b, lower_is_better=False)["verdict"] == "contradicted"  # e.g. class accuracy: higher is better
+    assert judge(b, a, lower_is_better=True)["verdict"] == "contradicted"
+
+
+def test_seeds_to_resolve_computed_by_hand():
+    # A: mean 1.20, sd 0.2 over 3 seeds; B: mean 1.35, sd 0.2. d = -0.15, SE(d) = sqrt(2 * 0.04 / 3) = 0.163:
+    # 2 SE > |d|, not resolved. With N seeds each, 2 sqrt(0.08 / N) < 0.15 <=> N > 14.2, so 15 seeds.
+    a, b = _seeds(1.20, 0.2, 3), _seeds(1.35, 0.2, 3)
+    v = judge(a, b)
+    assert v["verdict"] == "not resolved" and v["seeds_to_resolve"] == 15
+    # and the count is right: the same means and spreads over 15 seeds resolve it, over 14 they do not
+    assert judge(_seeds(1.20, 0.2, 15), _seeds(1.35, 0.2, 15))["verdict"] == "reproduced"
+    assert judge(_seeds(1.20, 0.2, 14), _seeds(1.35, 0.2, 14))["verdict"] == "not resolved"
+
+
+def test_no_difference_cannot_be_resolved_by_any_number_of_seeds():
+    v = judge([1.0, 1.1, 1.2], [1.2, 1.1, 1.0])
+    assert v["verdict"] == "not resolved" and math.isinf(v["seeds_to_resolve"])
+    assert seeds_needed(0.0, 0.1, 0.1) == math.inf
+
+
+def test_one_seed_uses_the_runs_own_standard_error_or_says_there_is_none():
+    v = judge([1.20], [1.30], se_a=0.01, se_b=0.02)
+    assert v["verdict"] == "reproduced" and v["error_bar"] == "per-run SE (one seed)"
+    assert v["se"] == pytest.approx(math.hypot(0.01, 0.02))
+    v = judge([1.20], [1.23], se_a=0.01, se_b=0.02)  # 2 SE = 0.045 > 0.03
+    assert v["verdict"] == "not resolved" and v["seeds_to_resolve"] == 3  # 2·sqrt(0.0005 / N) < 0.03 ⇔ N > 2.2
+    v = judge([10.0], [12.0])  # FID: no per-run standard error
+    assert v["verdict"] == "not resolved (one seed, no error bar)" and v["seeds_to_resolve"] is None
+
+
+# ------------------------------------------------------------------------------------------ "A ≈ B"
+
+
+def test_about_equal_claims_against_a_stated_tolerance():
+    b = _seeds(1.00, 0.01, 3)  # tolerance: ±5% of 1.00 = ±0.05
+    close = judge(_seeds(1.01, 0.01, 3), b, similar=True)
+    assert close["verdict"] == "reproduced"  # 0.01 ± 2·0.008 lies inside ±0.05
+    far = judge(_seeds(1.20, 0.01, 3), b, similar=True)
+    assert far["verdict"] == "contradicted"  # 0.20 ± 0.016 lies wholly outside
+    wide = judge(_seeds(1.03, 0.05, 3), b, similar=True)
+    assert wide["verdict"] == "not resolved"  # 0.03 ± 0.06 straddles 0.05
+    # margin to the tolerance edge 0.05 − 0.03 = 0.02; per-seed sd 0.05 and 0.01
+    assert wide["seeds_to_resolve"] == math.floor(4 * (0.05 ** 2 + 0.01 ** 2) / 0.02 ** 2) + 1
+    assert judge(_seeds(1.03, 0.05, 3), b, similar=True, tolerance=0.2)["verdict"] == "reproduced"
+
+
+# ------------------------------------------------------------------------------------------ claims over tables
+
+
+def _frame(nll=None, nll_se=None, cls_fid=None, fid=None, class_accuracy=None, n=3):
+    cols = {"nll": nll, "nll_se": nll_se, "cls_fid": cls_fid, "fid": fid, "class_accuracy": class_accuracy}
+    return pd.DataFrame({k: v if isinstance(v, list) else [v] * n for k, v in cols.items() if v is not None})
+
+
+def test_each_claim_is_judged_per_metric_from_the_numbers():
+    runs = {
+        "table3b": {"n=1": _frame(nll=_seeds(1.244, 0.004, 3), cls_fid=_seeds(20, 1, 3)),
+                    "n=4": _frame(nll=_seeds(1.250, 0.004, 3), cls_fid=_seeds(21, 1, 3)),
+                    "n=16": _frame(nll=_seeds(1.20, 0.004, 3), cls_fid=_seeds(21.5, 1, 3))},
+        "table3d": {"raster multi": _frame(nll=_seeds(1.40, 0.01, 3), cls_fid=_seeds(40, 2, 3),
+                                           class_accuracy=_seeds(0.5, 0.01, 3)),
+                    "distant multi": _frame(nll=_seeds(1.25, 0.01, 3), cls_fid=_seeds(21, 2, 3),
+                                            class_accuracy=_seeds(0.8, 0.01, 3))},
+        "table3a": {"w/ initial sequential": _frame(nll=[1.25], nll_se=[0.002], fid=[300.0], n=1),
+                    "w/o initial sequential": _frame(nll=[1.27], nll_se=[0.002], fid=[310.0], n=1)},
+        "table3e": {"S / L": _frame(nll=_seeds(1.25, 0.01, 2))},  # the larger models are absent: skipped
+    }
+    df = judge_claims(runs)
+    got = {(r.comparison, r.metric): r.verdict for r in df.itertuples()}
+    assert got == {
+        ("table3b: n=4 ≈ n=1", "NLL / token"): "reproduced",
+        ("table3b: n=4 ≈ n=1", "classifier FID"): "not resolved",  # 1 ± 1.6 vs a tolerance of ±1.0
+        ("table3b: n=4 better than n=16", "NLL / token"): "contradicted",
+        ("table3b: n=4 better than n=16", "classifier FID"): "not resolved",
+        ("table3d: distant multi better than raster multi", "NLL / token"): "reproduced",
+        ("table3d: distant multi better than raster multi", "classifier FID"): "reproduced",
+        ("table3d: distant multi better than raster multi", "class accuracy"): "reproduced",
+        ("table3a: w/ initial sequential better than w/o initial sequential", "NLL / token"): "reproduced",
+        # no classifier FID in this preset: Inception FID stands in; one seed and no SE
+        ("table3a: w/ initial sequential better than w/o initial sequential", "Inception FID"):
+            "not resolved (one seed, no error bar)",
+    }
+    assert set(df.loc[df.comparison.str.startswith("table3a"), "error_bar"]) == {"per-run SE (one seed)", "none"}
+
+
+def test_extra_rows_are_appended_and_claims_come_from_data():
+    extra = [{"claim": "entropy: lower near the reference", "comparison": "PAR vs raster", "metric": "entropy",
+              "difference": -1.2, "se": 0.1, "n_a": 1, "n_b": 1, "verdict": "reproduced"}]
+    df = judge_claims({}, extra=extra)
+    assert list(df.verdict) == ["reproduced"] and df.loc[0, "seeds_to_resolve"] is None
+    # a made-up claim over made-up rows is judged the same way: nothing is keyed to the paper's outcome
+    mine = (Comparison("(z) mine", "t", "x", "y"),)
+    df = judge_claims({"t": {"x": _frame(nll=_seeds(2.0, 0.01, 3)), "y": _frame(nll=_seeds(1.0, 0.01, 3))}}, mine)
+    assert list(df.verdict) == ["contradicted"]
+    assert {c.table for c in CLAIMS} == {"table3a", "table3b", "table3c", "table3d", "table3e"}
+
+
+def test_markdown_states_difference_seeds_and_seeds_to_resolve():
+    runs = {"t": {"x": _frame(nll=_seeds(1.20, 0.2, 3)), "y": _frame(nll=_seeds(1.35, 0.2, 3)),
+                  "z": _frame(nll=[1.0, 1.1, 1.2]), "w": _frame(nll=[1.2, 1.1, 1.0])}}
+    df = judge_claims(runs, (Comparison("(z) mine", "t", "x", "y"), Comparison("(z) mine", "t", "z", "w")))
+    md = to_markdown(df)
+    header, align = md.splitlines()[:2]
+    assert "difference A − B" in header and "seeds to resolve" in header and "verdict" in header
+    assert align.startswith("|:--") and "--:|" in align  # text left, numbers right
+    assert re.search(r"-0\.[12] ± 0\.2 ", md)  # -0.15 ± 0.163: the SE rounds to 0.2, the mean to its place
+    assert "3 / 3" in md and "≈ 15" in md and "—" in md
+    assert "2·SE(d)" in rule_text() and "±5%" in rule_text()
