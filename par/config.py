@@ -339,7 +339,7 @@ class ClassifierJob(ClassifierSettings):
 class NLLSettings:
     """Held-out likelihood: teacher-forced NLL per token on the held-out split's centre-crop tokens."""
 
-    images: int = knob(0, "held-out images scored (0 = all)", minimum=0)
+    images: int = knob(0, "held-out images scored: a fixed random draw of this many (0 = all)", minimum=0)
     batch_size: int = knob(256, "images per forward batch", minimum=1)
 
 

@@ -152,6 +152,26 @@ def test_tokenize_shards_and_manifest(images, vq_ckpt, tokens):
             assert np.array_equal(model.encode(x)[1].numpy(), codes[i])
 
 
+def test_crop_range_one_encodes_two_crops_and_gives_the_ten_crop_codes(images, vq_ckpt, tmp_path):
+    """crop_range 1 (the small preset): the five positions coincide, so tokenize encodes the centre and its flip
+    only and copies their codes; the shards hold the same codes as encoding all ten crops."""
+    out = tmp_path / "cr1"
+    _run(images, vq_ckpt, out, "--crop-range", "1.0")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["crop_range"] == 1.0 and m["num_images"] == 12 and m["crop_order"] == CROP_ORDER
+    codes = np.concatenate([np.load(out / shard_name(k))["codes"] for k in range(m["num_shards"])])
+    assert codes.shape == (12, NUM_CROPS, 4)
+    _, samples = list_images(images)
+    model = load_vq(vq_ckpt)
+    with torch.no_grad():
+        for i in range(12):
+            x = ten_crop_transform(SIZE, 1.0)(load_rgb(samples[i][0]))
+            assert torch.equal(x[:5], x[4:5].expand(5, -1, -1, -1))  # the premise: one crop, and its mirror
+            assert np.array_equal(model.encode(x)[1].numpy(), codes[i]), i
+    assert (codes[:, :5] == codes[:, 4:5]).all() and (codes[:, 5:] == codes[:, 9:10]).all()
+    assert not (codes[:, 4] == codes[:, 9]).all()  # the flip is encoded, not copied from the unflipped crop
+
+
 def test_job_array_slots_match_single_run(images, vq_ckpt, tokens, tmp_path):
     out = tmp_path / "arr"
     _run(images, vq_ckpt, out, "--shard", "1", "--num-shards", "2")

@@ -398,7 +398,7 @@ def _snakemake_train(wd: Path) -> subprocess.Popen:
     env = _env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("OMP_NUM_THREADS")
     return subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(ROOT / "workflow/Snakefile"),
-                             "--directory", str(wd), "results/tiny/models/raster-n1/model.pt"],
+                             "--directory", str(wd), "results/tiny/models/raster-n1/s0/model.pt"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
@@ -424,7 +424,7 @@ def _job_of(snakemake: subprocess.Popen, timeout=120) -> int:
 @pytest.mark.slow
 def test_snakemake_sigterm_and_kill_9_stop_the_training_job_which_then_resumes(tmp_path):
     wd = _workflow_dir(tmp_path)
-    out, job_log = wd / "results/tiny/models/raster-n1", wd / "results/tiny/logs/train/raster-n1.log"
+    out, job_log = wd / "results/tiny/models/raster-n1/s0", wd / "results/tiny/logs/train/raster-n1/s0.log"
     # SIGTERM to snakemake: the job saves at a step boundary and exits (Snakemake alone would wait for it to finish)
     sm = _snakemake_train(wd)
     job = None

@@ -251,7 +251,8 @@ def test_cli_end_to_end(tmp_path, no_isc_weights, capsys):
     m = r["metrics"]
     assert set(m) == {"fid", "kid", "kid_std", "precision", "recall", "isc", "isc_std"}
     assert m["fid"] > 1 and math.isfinite(m["kid"]) and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
-    assert m["isc"] is None and set(r["unavailable"]) == {"isc"}
+    assert m["isc"] is None and set(r["unavailable"]) == {"isc", "classifier"}
+    assert "no --classifier-weights" in r["unavailable"]["classifier"]  # evaluate.classifier defaults to on
     assert r["n_samples"] == r["n_reference"] == 8
     assert r["reference"] == {"path": str(tmp_path / "ref.npz"), "kind": "images-npz", "fid_from": "images"}
     assert r["feature_extractor"]["name"] == M.FEATURE_EXTRACTOR_NAME
@@ -273,7 +274,8 @@ def test_cli_reference_stats(tmp_path, no_isc_weights):
     r = json.loads(out.read_text())
     assert abs(r["metrics"]["fid"]) < 1e-3
     assert r["metrics"]["kid"] is None and r["metrics"]["precision"] is None
-    assert "only reference statistics" in r["unavailable"]["kid"] and set(r["unavailable"]) == {"kid", "prc"}
+    assert "only reference statistics" in r["unavailable"]["kid"] and set(r["unavailable"]) == {"kid", "prc",
+                                                                                             "classifier"}
     assert r["reference"]["kind"] == "stats-npz" and r["n_reference"] is None
 
 

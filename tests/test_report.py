@@ -161,7 +161,7 @@ def test_missing_optional_files_leave_a_dash_and_a_footnote(tmp_path):
     tables.write_tables_for({"tables": TABLES}, preset, "small", tmp_path / "r", tmp_path / "t")
     md = (tmp_path / "t" / "table3b.md").read_text()
     assert "floor:" not in md
-    assert "par-n16 — nll: no held-out NLL file" in md
+    assert "nll: no held-out NLL file (`nll/<model>/s<k>.json`): par-n16" in md
     assert re.search(r"\| n=16 .*\| +– \|", md)
 
 

@@ -125,7 +125,7 @@ def test_tables_and_report_read_the_config_the_run_used(tmp_path):
     which is rewritten only when it changes."""
     other = yaml.safe_load((ROOT / "config.yaml").read_text())
     other["presets"]["paper"]["sample"]["cfg_scale"] = 2.25
-    other["presets"]["paper"]["data"]["images"] = str(_imagenet_stand_in(tmp_path))
+    other["presets"]["paper"]["data"].update(_imagenet_stand_in(tmp_path))
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     args = ("-n", "-p", "all_tables", "-s", str(ROOT / "workflow/Snakefile"), "--directory", str(tmp_path),
             "--configfile", str(tmp_path / "other.yaml"), "--config", "preset=paper")
@@ -141,16 +141,18 @@ def test_tables_and_report_read_the_config_the_run_used(tmp_path):
     assert used.stat().st_mtime_ns == stamp  # same config: not rewritten, so nothing reruns because of it
 
 
-def _imagenet_stand_in(tmp_path):
-    """An existing folder for the paper preset's `data.images` (checked when the DAG is built)."""
-    (tmp_path / "imagenet").mkdir(exist_ok=True)
-    return tmp_path / "imagenet"
+def _imagenet_stand_in(tmp_path) -> dict:
+    """Existing folders for the paper preset's `data.images` and `data.heldout_images` (checked when the DAG is
+    built)."""
+    for split in ("train", "val"):
+        (tmp_path / "imagenet" / split).mkdir(parents=True, exist_ok=True)
+    return {"images": str(tmp_path / "imagenet/train"), "heldout_images": str(tmp_path / "imagenet/val")}
 
 
 def _paper_data(tmp_path) -> list[str]:
     """`--configfile` arguments: config.yaml, then the paper preset's images pointed at an existing folder."""
     override = tmp_path / "paper-data.yaml"
-    override.write_text(yaml.safe_dump({"presets": {"paper": {"data": {"images": str(_imagenet_stand_in(tmp_path))}}}}))
+    override.write_text(yaml.safe_dump({"presets": {"paper": {"data": _imagenet_stand_in(tmp_path)}}}))
     return ["--configfile", str(ROOT / "config.yaml"), str(override)]
 
 
@@ -186,7 +188,7 @@ def test_paper_dry_run_lists_every_training_job_with_gpus(tmp_path):
     out = r.stdout + r.stderr
     models = yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]["paper"]["models"]
     for m in models:
-        assert f"--out results/paper/models/{m} " in out
+        assert f"--out results/paper/models/{m}/s0 " in out  # one run (seed) per model: <model>/s0
     assert out.count("--gpus-per-node 8") >= len(models)
 
 
@@ -204,26 +206,28 @@ def _experiment(preset="tiny", edit=None):
 
 def test_train_flags_layer_the_preset_the_model_and_its_resources():
     e = _experiment("tiny")
-    assert e.train_args("par-n4-noinit") == (
+    assert e.train_args("par-n4-noinit/s0") == (
         "--ckpt-every 100 --class-dropout 0.1 --dropout 0.1 --global-batch 32 --initial-sequential false "
         "--launcher auto --log-every 10 --lr 0.002 --max-steps 200 --n 4 --order par --schedule cosine "
-        "--size tiny-S --warmup-epochs 1 --cpus-per-task 1 --gpus-per-node 0 --mem-gb 2 --nodes 1 --time-min 30")
+        "--seed 0 --size tiny-S --warmup-epochs 1 --cpus-per-task 1 --gpus-per-node 0 --mem-gb 2 --nodes 1 "
+        "--time-min 30")
     paper = _experiment("paper", lambda p: p["models"]["par-3B-n4"].update(resources="train_large"))
-    big = paper.train_args("par-3B-n4")
+    big = paper.train_args("par-3B-n4/s0")
     assert "--global-batch 512" in big and "--lr 0.0002" in big and "--nodes 2" in big
     assert "--constraint a100 " in big and "--partition gpu " in big and "--cfg-scale" not in big
-    assert "--nodes 1 " in paper.train_args("par-L-n4")
+    assert "--nodes 1 " in paper.train_args("par-L-n4/s0")
 
 
 def test_sample_flags_and_released_checkpoints():
     e = _experiment("paper", lambda p: p["models"]["par-3B-n4"].update(checkpoint="ckpts/PAR 3B.pt"))
-    assert e.sample_args("par-XL-n4") == ("--batch-size 32 --cfg-scale 1.5 --compile false --image-size 256 "
-                                          "--num-samples 50000 --shard-size 1000")
-    assert e.sample_args("par-3B-n4").endswith("--cfg-scale 1.345 --compile false --image-size 256 "
-                                               "--num-samples 50000 --shard-size 1000 --size GPT-3B --order par --n 4")
-    assert e.model_path("par-3B-n4") == "ckpts/PAR 3B.pt"  # not trained
-    assert e.trained_models() == [m for m in e.models if m != "par-3B-n4"]
-    assert e.model_path("par-L-n4") == "results/paper/models/par-L-n4/model.pt"
+    assert e.sample_args("par-XL-n4/s0") == ("--batch-size 32 --cfg-scale 1.5 --compile false --image-size 256 "
+                                             "--num-samples 50000 --seed 0 --shard-size 1000")
+    assert e.sample_args("par-3B-n4/s0").endswith(
+        "--cfg-scale 1.345 --compile false --image-size 256 --num-samples 50000 --seed 0 --shard-size 1000 "
+        "--size GPT-3B --order par --n 4")
+    assert e.model_path("par-3B-n4/s0") == "ckpts/PAR 3B.pt"  # not trained
+    assert e.runs == [f"{m}/s0" for m in e.models]  # one seed each in the paper preset
+    assert e.model_path("par-L-n4/s0") == "results/paper/models/par-L-n4/s0/model.pt"
 
 
 def test_paths_downloads_and_resources():
@@ -248,6 +252,70 @@ def test_paths_downloads_and_resources():
     assert paper.resources("entropy") == {"mem_mb": 32000, "runtime": 240, "cpus_per_task": 8}
     with pytest.raises(UserError, match="presets.paper.data.images: required"):
         _experiment("paper", lambda p: p["data"].pop("images"))
+
+
+def test_runs_expand_the_seeds_of_each_model_and_seed_each_run():
+    """`models.<m>.seeds: k` → runs <m>/s0 … <m>/s(k-1); run j trains and samples with the configured seed + j."""
+    from par.workflow import Experiment
+
+    e = _experiment("tiny", lambda p: (p["models"]["par-n4"].update(seeds=3), p["models"]["raster-n1"].update(seeds=2)))
+    assert e.runs == [f"{m}/s{k}" for m in e.models for k in range({"par-n4": 3, "raster-n1": 2}.get(m, 1))]
+    assert {"par-n4/s0", "par-n4/s1", "par-n4/s2", "raster-n1/s1", "par-n16/s0"} <= set(e.runs)
+    assert "par-n16/s1" not in e.runs and len(e.runs) == len(e.models) + 3
+    assert Experiment.split_run("par-n4-causal/s12") == ("par-n4-causal", 12)
+    assert [Experiment.split_run(r) for r in ("par-n4/s0", "raster-n1/s1")] == [("par-n4", 0), ("raster-n1", 1)]
+    assert e.model_path("par-n4/s2") == "results/tiny/models/par-n4/s2/model.pt"
+    assert e.analysis == "analysis/tiny"  # the report of each preset in its own folder
+    assert "--seed 2 " in e.train_args("par-n4/s2") and "--seed 2 " in e.sample_args("par-n4/s2")
+    assert "--seed 0 " in e.train_args("par-n4/s0")
+    # the configured seed is the base: train and sample sections, then the model's own entry over both
+    e = _experiment("tiny", lambda p: (p["models"]["par-n4"].update(seeds=3), p["train"].update(seed=10),
+                                        p["sample"].update(seed=100), p["models"]["par-n16"].update(seed=5)))
+    assert "--seed 12 " in e.train_args("par-n4/s2") and "--seed 101 " in e.sample_args("par-n4/s1")
+    assert "--seed 6 " in e.train_args("par-n16/s1") and "--seed 7 " in e.sample_args("par-n16/s2")
+    assert len({e.train_args(f"par-n4/s{k}") for k in range(3)}) == 3  # three distinct trainings
+
+
+def test_released_checkpoints_and_idx_data_are_checked_when_the_dag_is_built():
+    from par.errors import UserError
+
+    with pytest.raises(UserError, match=r"presets.paper.models.par-3B-n4.seeds: a released checkpoint is one run"):
+        _experiment("paper", lambda p: p["models"]["par-3B-n4"].update(checkpoint="ckpts/PAR 3B.pt", seeds=2))
+    assert _experiment("paper", lambda p: p["models"]["par-3B-n4"].update(checkpoint="x.pt", seeds=1))
+    idx = {"source": "idx", "images": "train-images.gz", "labels": "train-labels.gz",
+           "heldout_images": "t10k-images.gz", "heldout_labels": "t10k-labels.gz"}
+    for missing in ("labels", "heldout_images", "heldout_labels"):
+        with pytest.raises(UserError, match=r"presets.tiny.data: source idx needs labels, heldout_images and "):
+            _experiment("tiny", lambda p, m=missing: p["data"].update({k: v for k, v in idx.items() if k != m}))
+    with pytest.raises(UserError, match=r"presets.tiny.data.images: required when data.source is idx"):
+        _experiment("tiny", lambda p: p["data"].update({k: v for k, v in idx.items() if k != "images"}))
+    e = _experiment("tiny", lambda p: p["data"].update(idx))
+    assert e.user_inputs() == [("presets.tiny.data.images", "train-images.gz", "file"),
+                               ("presets.tiny.data.heldout_images", "t10k-images.gz", "file"),
+                               ("presets.tiny.data.labels", "train-labels.gz", "file"),
+                               ("presets.tiny.data.heldout_labels", "t10k-labels.gz", "file")]
+    assert e.images_marker() == e.heldout_marker() == "results/tiny/images/images.json"
+    assert e.prepare_images_args().startswith("--source idx ") and "--heldout-labels t10k-labels.gz" in (
+        e.prepare_images_args())
+    folder = _experiment("tiny", lambda p: p["data"].update(source="imagefolder", images="/my/photos"))
+    assert folder.user_inputs() == [("presets.tiny.data.images", "/my/photos", "folder")]  # held out: a fraction
+    assert folder.prepare_images_args() == "--source imagefolder --images /my/photos"
+    tiny = _experiment("tiny")
+    assert tiny.images_marker() == "results/tiny/images/tinyset.json"
+    assert tiny.heldout_marker() == "results/tiny/reference_images/tinyset.json"
+
+
+def test_floors_follow_floor_images_and_sit_after_the_reference():
+    e = _experiment("tiny", lambda p: p["data"].update(reference_images=300, floor_images=100))
+    assert e.floors == ["real", "recon"]
+    assert e.floor_args("real") == "--size 48 --offset 300 --max-images 100"
+    assert e.floor_args("recon") == "--size 48 --offset 300 --max-images 100 --vq-size 48"
+    assert e.reference_args() == "--size 48 --max-images 300"
+    assert _experiment("tiny", lambda p: p["data"].update(floor_images=0)).floors == []
+    assert _experiment("tiny", lambda p: p["data"].pop("floor_images", None)).floors == []  # the default: none
+    # FID against precomputed statistics (the paper preset): no real images to take floors from
+    assert _experiment("paper", lambda p: p["data"].update(floor_images=100)).floors == []
+    assert not _experiment("paper").uses_classifier and _experiment("tiny").uses_classifier
 
 
 def test_effective_config_is_written_only_when_it_changes(tmp_path):
@@ -300,18 +368,19 @@ def _jobs_of_dry_run(tmp_path):
 def test_tiny_dag_end_to_end_then_up_to_date_then_partial_rerun(tmp_path):
     r = _run_dag(tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    for f in ["analysis/report.md", "analysis/report.html", "analysis/entropy/entropy_maps.png",
-              "analysis/entropy/entropy_increase.png", "analysis/figures/speed_vs_fid.png"] + \
-             [f"analysis/tables/{t}.{e}" for t in ("table2", "table3a", "table3b", "table3c", "table3d", "table3e")
-              for e in ("md", "csv", "tex")]:
+    for f in ["analysis/tiny/report.md", "analysis/tiny/report.html", "analysis/tiny/entropy/entropy_maps.png",
+              "analysis/tiny/entropy/entropy_increase.png", "analysis/tiny/figures/speed_vs_fid.png"] + \
+             [f"analysis/tiny/tables/{t}.{e}" for t in ("table2", "table3a", "table3b", "table3c", "table3d",
+                                                        "table3e") for e in ("md", "csv", "tex")]:
         assert (tmp_path / f).exists(), f
-    for rule, job in (("train", "par-n4"), ("sample", "par-n4"), ("evaluate", "par-n4"), ("tables", "tables")):
+    for rule, job in (("train", "par-n4/s0"), ("sample", "par-n4/s0"), ("evaluate", "par-n4/s0"),
+                      ("nll", "par-n4/s0"), ("tables", "tables")):
         assert (tmp_path / f"results/tiny/logs/{rule}/{job}.log").exists(), (rule, job)
         assert (tmp_path / f"results/tiny/benchmarks/{rule}/{job}.tsv").exists(), (rule, job)
     assert _jobs_of_dry_run(tmp_path) == {}  # a second run does nothing
-    (tmp_path / "results/tiny/models/par-n16/model.pt").unlink()
-    assert _jobs_of_dry_run(tmp_path) == {"train": 1, "sample": 1, "evaluate": 1, "tables": 1, "report": 1,
-                                          "all_tables": 1}
+    (tmp_path / "results/tiny/models/par-n16/s0/model.pt").unlink()
+    assert _jobs_of_dry_run(tmp_path) == {"train": 1, "sample": 1, "evaluate": 1, "nll": 1, "tables": 1,
+                                          "report": 1, "all_tables": 1}
 
 
 @pytest.mark.slow
@@ -319,6 +388,6 @@ def test_tiny_dag_through_the_slurm_profile(slurm_env, tmp_path):
     r = _run_dag(tmp_path, "--profile", str(ROOT / "slurm"), "--slurm-init-seconds-before-status-checks", "2",
                  "--jobs", "4", env=slurm_env.env, launcher="slurm")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:] + slurm_env.logs()
-    assert (tmp_path / "analysis/report.md").exists()
-    train_record = json.loads((tmp_path / "results/tiny/models/par-n4/job.json").read_text())
+    assert (tmp_path / "analysis/tiny/report.md").exists()
+    train_record = json.loads((tmp_path / "results/tiny/models/par-n4/s0/job.json").read_text())
     assert train_record["launcher"] == "slurm"  # training went through submitit onto the cluster

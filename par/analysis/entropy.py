@@ -425,7 +425,10 @@ def _read_token_dir(path: Path, num: int, crop: int | None) -> np.ndarray:
     """Codes of one crop (default: the centre crop of the manifest's crop order) of a `par tokenize` directory."""
     shards = TokenShards(path)
     k = _crop_index(path, crop, shards.crop_order, shards.num_crops)
-    return shards.load(crop=k, num=num)[0]
+    codes = shards.load(crop=k)[0]
+    if num < len(codes):  # a fixed random draw of `num` images: the shards are sorted by class
+        codes = codes[np.sort(np.random.default_rng(0).permutation(len(codes))[:num])]
+    return codes
 
 
 def _read_codes(path: Path, num: int, crop: int | None) -> np.ndarray:
@@ -868,7 +871,8 @@ def register(sub) -> None:
     p.add_argument("--crop", type=int,
                    help="crop index for ten-crop codes (default: the centre crop, as the manifest or shard "
                         "metadata records it; index 4 of the standard ten-crop order)")
-    p.add_argument("--num-images", type=_positive_int, required=True, help="images whose tokens are analysed (the first K)")
+    p.add_argument("--num-images", type=_positive_int, required=True, help="images whose tokens are analysed (a `par tokenize` folder: a fixed random draw "
+                   "of K, since its shards are sorted by class; other inputs: the first K)")
     p.add_argument("--out", type=Path, required=True, help="output .npz with 'features' (num_images, H, W, d)")
     p.set_defaults(func=_cmd_features)
 

@@ -319,8 +319,19 @@ def _markdown(title: str, table: Table, preset_name: str, results: Path) -> str:
     text = f"### {title}\n\n{intro}\n\n{markdown_table(table.shown)}\n\nNotes:\n\n"
     text += "".join(f"- {n}\n" for n in table.notes)
     if table.unavailable:
-        text += "\nUnavailable:\n\n" + "".join(f"- {u}\n" for u in sorted(table.unavailable))
+        text += "\nUnavailable:\n\n" + "".join(f"- {u}\n" for u in _grouped(table.unavailable, len(table.runs)))
     return text
+
+
+def _grouped(unavailable: list[str], num_models: int) -> list[str]:
+    """"model — reason" notes with one line per reason: "reason (every model)" or "reason: model, model"."""
+    by_reason: dict[str, list[str]] = {}
+    for note in unavailable:
+        model, sep, reason = note.partition(" — ")
+        by_reason.setdefault(reason if sep else note, []).append(model if sep else "")
+    return [f"{reason} (every model)" if len(models) >= num_models > 1 else
+            f"{reason}: {', '.join(m for m in models if m)}" if any(models) else reason
+            for reason, models in sorted(by_reason.items())]
 
 
 def _latex(title: str, name: str, table: Table) -> str:

@@ -113,7 +113,7 @@ def sample_quality(classifier_path, samples, reference, labels=None, blocks: int
     requested `labels`) the fraction of samples the classifier assigns to their requested class (± SE)."""
     import torch
 
-    from par.eval.metrics import feature_statistics, frechet_distance
+    from par.eval.frechet import feature_statistics, frechet_distance
 
     model = load_classifier(classifier_path)
     f_s, logits = features_and_logits(model, samples)

@@ -54,6 +54,7 @@ import numpy as np
 
 from par.config import EvaluateSettings, add_arguments, from_args
 from par.errors import UserError
+from par.eval.frechet import feature_statistics, frechet_distance  # noqa: F401 — part of this module's API
 from par.io import atomic_path, sha256_file, torch_load, torch_save, write_text
 
 FEATURE_EXTRACTOR_NAME = "inception-v3-compat-fidhelper"
@@ -291,24 +292,6 @@ def reference_features(path, images, max_images, extractor_sha: str, batch_size,
     feats = extract_features(images, batch_size, cuda, extractor, verbose)
     torch_save(feats, cached)
     return feats
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance of two Gaussians via torch-fidelity's routine (both sides cast to float64)."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-
-    # float64 on both sides: torch-fidelity asserts equal dtypes, and ADM stats npz files are float64.
-    s1 = {"mu": np.asarray(mu1, np.float64), "sigma": np.asarray(sigma1, np.float64)}
-    s2 = {"mu": np.asarray(mu2, np.float64), "sigma": np.asarray(sigma2, np.float64)}
-    return fid_statistics_to_metric(s1, s2, verbose=False)[KEY_METRIC_FID]
-
-
-def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of features as in torch-fidelity and ADM: mean and np.cov(rowvar=False)."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics
-
-    stats = fid_features_to_statistics(features)
-    return stats["mu"], stats["sigma"]
 
 
 def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -630,7 +613,7 @@ def classifier_metrics(samples, reference, weights, blocks: int) -> tuple[dict, 
 def _cmd_evaluate(args) -> int:
     meta = _parse_meta(args.meta)  # before the expensive part, so a typo fails fast
     settings = from_args(EvaluateSettings, args)
-    max_images = args.max_images or settings.inception_images or None
+    max_images = args.max_images if args.max_images is not None else (settings.inception_images or None)
     if settings.metrics.strip():
         result = evaluate(args.samples, reference=args.reference, reference_stats=args.reference_stats,
                           metrics=settings.metrics, batch_size=settings.batch_size, max_images=max_images,
@@ -653,7 +636,8 @@ def _cmd_evaluate(args) -> int:
                                     **({"test_accuracy": json.loads(info.read_text())["test_accuracy"]}
                                        if info.is_file() else {})}
             result["n_samples_classifier"] = len(_load_images(args.samples, None, "samples"))
-            result["n_reference_classifier"] = len(_load_images(args.reference, None, "reference"))
+            result["n_reference_classifier"] = (len(_load_images(args.reference, None, "reference"))
+                                                if args.reference else None)
     if result["seconds"] is None:  # Inception off: the counts are the classifier's
         result["seconds"] = round(time.time() - t0, 3)
         result["n_samples"] = result.get("n_samples_classifier")

@@ -50,7 +50,10 @@ def run_nll(model_path: str, tokens: str, out: str, settings: NLLSettings, weigh
     shards = TokenShards(tokens)
     if shards.centre_crop is None:
         raise UserError(f"{tokens}: its crop order {shards.crop_order} has no centre crop to score")
-    codes, labels = shards.load(crop=shards.centre_crop, num=settings.images or None)
+    codes, labels = shards.load(crop=shards.centre_crop)
+    if settings.images and settings.images < len(codes):  # a fixed random draw: the shards are sorted by class
+        pick = np.sort(np.random.default_rng(0).permutation(len(codes))[:settings.images])
+        codes, labels = codes[pick], labels[pick]
     model = load_checkpoint(model_path, weights=weights)
     t0 = time.perf_counter()
     per_image = heldout_nll(model, codes, labels, settings.batch_size)
