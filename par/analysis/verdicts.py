@@ -217,7 +217,8 @@ def judge_claims(runs: Mapping[str, Mapping], claims: Sequence[Comparison] = CLA
             v = judge(fa[m.key].tolist(), fb[m.key].tolist(), lower_is_better=m.lower_is_better, similar=c.similar,
                       se_a=_run_se(fa, m), se_b=_run_se(fb, m), tolerance=tolerance)
             rows.append({"claim": c.claim, "comparison": f"{c.table}: {c.text()}", "metric": m.label, **v})
-    rows += [{k: r.get(k) for k in COLUMNS} for r in extra]
+    rows += [{k: r.get(k) for k in COLUMNS} | {"comparison": r.get("comparison") or "§8 entropy analysis"}
+             for r in extra]
     return pd.DataFrame.from_records(rows, columns=COLUMNS)
 
 
