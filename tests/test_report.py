@@ -195,7 +195,7 @@ def test_report_sections_order_and_wording(run):
     md = report.render_report({"tables": TABLES}, preset, "small", results, out).read_text()
     assert md.index("## Verdicts") < md.index("## How to read") < md.index("## Tables")
     assert "**Rule.**" in md and "product of the within-group conditionals" in md and "Floors" in md
-    assert "Test split: reconstruction PSNR 28.10 dB on 10,000 images" in md
+    assert "Test split (never trained on): reconstruction PSNR 28.10 dB on 10,000 images" in md
     assert "test accuracy 91.2% on 10,000 test images" in md
     assert "**PAR n=4, causal in-group** (`par-n4-causal`)" in md and "one row per class" in md
     assert (out / "figures" / "speed_vs_quality.png").stat().st_size > 0

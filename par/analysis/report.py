@@ -159,9 +159,11 @@ def _tokenizer(results: Path, runs=()) -> list[str]:
             text += f", codebook usage {_change(b.get('codebook_usage'), a['codebook_usage'], '{:.1%}')}"
         if m.get("grid"):
             text += f", token grid {m['grid'][0]}×{m['grid'][1]}"
-        if (m.get("test") or {}).get("psnr_db") is not None:
-            n = m["test"].get("n_images")
-            text += f". Test split: reconstruction PSNR {m['test']['psnr_db']:.2f} dB"
+        test = m.get("test") or a.get("test") or {}  # `par train-vq --test-images` writes it under after.test
+        if test.get("psnr_db") is not None:
+            n = test.get("n_images") or test.get("images")
+            se = f" ± {test['psnr_db_se']:.2f}" if test.get("psnr_db_se") is not None else ""
+            text += f". Test split (never trained on): reconstruction PSNR {test['psnr_db']:.2f}{se} dB"
             text += f" on {n:,} images" if n else ""
         lines.append(text + ".")
     if acc:
