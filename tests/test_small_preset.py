@@ -64,7 +64,7 @@ def imagefolder_fixture(root: Path) -> dict:
     for c, colour in enumerate(colours):
         d = root / f"class_{c}"
         d.mkdir(parents=True)
-        grey, _ = patterns(40, classes=4, side=40, seed=10 + c)
+        grey, _ = patterns(10, classes=4, side=40, seed=10 + c)  # 4 stripe angles × 10 = 40 images
         for i, g in enumerate(grey):
             rgb = (g[..., None].astype(float) / 255 * np.array(colour)).astype(np.uint8)
             Image.fromarray(rgb).save(d / f"img_{i:03d}.png")
