@@ -72,8 +72,9 @@ def evaluate_vq(vq, test_uint8, size: int, rfid_images: int = 0, batch_size: int
 
     x = _to_float(_center(test_uint8, size))
     with torch.no_grad():
-        recon = torch.cat([vq(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
-        codes = torch.cat([vq.encode(x[i:i + batch_size])[1] for i in range(0, len(x), batch_size)])
+        parts = [vq.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]  # encode once
+        recon = torch.cat([vq.decode(quant) for quant, _ in parts])
+        codes = torch.cat([c for _, c in parts])
     recon = recon.clamp(-1, 1)
     mse = ((recon - x) ** 2).mean(dim=(1, 2, 3))
     psnr = (10 * torch.log10(4.0 / mse)).mean().item()  # peak-to-peak range 2 in [-1, 1]

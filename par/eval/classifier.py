@@ -121,7 +121,8 @@ def sample_quality(classifier_path, samples, reference, labels=None, blocks: int
     kid, kid_se = kid_with_se(f_s, f_r, blocks)
     stats = [feature_statistics(torch.from_numpy(f)) for f in (f_s, f_r)]
     out = {"cls_fid": float(frechet_distance(*stats[0], *stats[1])),
-           "cls_kid": kid, "cls_kid_se": kid_se, "class_accuracy": None, "class_accuracy_se": None}
+           "cls_kid": kid, "cls_kid_se": kid_se, "class_accuracy": None, "class_accuracy_se": None,
+           "n_samples": len(f_s), "n_reference": len(f_r)}
     if labels is not None:
         labels = np.asarray(labels)
         if len(labels) != len(samples):

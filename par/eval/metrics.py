@@ -607,7 +607,8 @@ def classifier_metrics(samples, reference, weights, blocks: int) -> tuple[dict, 
     labels = np.load(labels_file) if labels_file is not None and labels_file.is_file() else None
     values = sample_quality(weights, _load_images(samples, None, "samples"),
                             _load_images(reference, None, "reference"), labels, blocks)
-    return values, {} if labels is not None else {"class_accuracy": f"no labels.npy beside {samples}"}
+    counts = {k: values.pop(k) for k in ("n_samples", "n_reference")}
+    return values | {"counts": counts}, {} if labels is not None else {"class_accuracy": f"no labels.npy beside {samples}"}
 
 
 def _cmd_evaluate(args) -> int:
@@ -627,6 +628,7 @@ def _cmd_evaluate(args) -> int:
     if settings.classifier:
         values, unavailable = classifier_metrics(args.samples, args.reference, args.classifier_weights,
                                                  settings.kid_blocks)
+        counts = values.pop("counts", {})
         result["metrics"] |= values
         result["unavailable"] |= unavailable
         if args.classifier_weights:
@@ -635,9 +637,8 @@ def _cmd_evaluate(args) -> int:
             result["classifier"] = {"path": str(clf), "sha256": sha256_file(clf),
                                     **({"test_accuracy": json.loads(info.read_text())["test_accuracy"]}
                                        if info.is_file() else {})}
-            result["n_samples_classifier"] = len(_load_images(args.samples, None, "samples"))
-            result["n_reference_classifier"] = (len(_load_images(args.reference, None, "reference"))
-                                                if args.reference else None)
+            result["n_samples_classifier"] = counts.get("n_samples")
+            result["n_reference_classifier"] = counts.get("n_reference")
     if result["seconds"] is None:  # Inception off: the counts are the classifier's
         result["seconds"] = round(time.time() - t0, 3)
         result["n_samples"] = result.get("n_samples_classifier")
