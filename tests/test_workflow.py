@@ -369,7 +369,7 @@ def test_tiny_dag_end_to_end_then_up_to_date_then_partial_rerun(tmp_path):
     r = _run_dag(tmp_path)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     for f in ["analysis/tiny/report.md", "analysis/tiny/report.html", "analysis/tiny/entropy/entropy_maps.png",
-              "analysis/tiny/entropy/entropy_increase.png", "analysis/tiny/figures/speed_vs_fid.png"] + \
+              "analysis/tiny/entropy/entropy_increase.png", "analysis/tiny/figures/speed_vs_quality.png"] + \
              [f"analysis/tiny/tables/{t}.{e}" for t in ("table2", "table3a", "table3b", "table3c", "table3d",
                                                         "table3e") for e in ("md", "csv", "tex")]:
         assert (tmp_path / f).exists(), f
