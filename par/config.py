@@ -40,7 +40,9 @@ class ModelSettings:
     """What defines a PAR / LlamaGen model besides the data it is trained on."""
 
     size: str = knob("GPT-L", "model size preset: GPT-B/L/XL/XXL/3B (paper) or tiny-S/M/L (CPU presets)")
-    order: str = knob("par", "token order: raster, or PAR's distant regions (§3.2)", choices=("par", "raster"))
+    order: str = knob("par", "token order: raster, PAR's distant regions (§3.2), or arpg: ARPG's random orders and "
+                      "its target-aware decoder (the peer row; sampled with the arpg_* settings)",
+                      choices=("par", "raster", "arpg"))
     n: int = knob(4, "tokens generated per step, n = M² (1 = plain next-token AR)", minimum=1)
     initial_sequential: bool = knob(True, "generate the first token of every region one by one first (Table 3(a))")
     group_attention: str = knob("full", "attention inside a parallel group (Table 3(c) ablation: causal)",
@@ -68,6 +70,7 @@ class TrainSettings(ModelSettings):
     max_steps: int = knob(0, "training length in steps; > 0 overrides epochs", minimum=0)
     schedule: str = knob("cosine", "LR schedule: cosine (paper table: warm-up then cosine to 0) or constant "
                          "(released code)", choices=("cosine", "constant"))
+    min_lr: float = knob(0.0, "learning rate the cosine schedule ends at (ARPG's recipe: 1e-5)", minimum=0)
     warmup_epochs: float = knob(15.0, "linear warm-up length in epochs (cosine schedule)", minimum=0)
     precision: str = knob("auto", "auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16",
                           choices=("auto", "fp32", "bf16"))
@@ -135,6 +138,17 @@ class SamplingSettings:
     temperature: float = knob(1.0, "softmax temperature; 0 = greedy (argmax)", minimum=0)
     top_k: int = knob(0, "keep the k most likely tokens; 0 = off", minimum=0)
     top_p: float = knob(1.0, "nucleus sampling mass; 1 = off", minimum=0, maximum=1)
+    # ARPG (order arpg) only; the defaults are the reference sampler's (spec §12.3, golden README Q4–Q8)
+    arpg_steps: int = knob(64, "ARPG: forward calls per image S (its README's 64; the reference script's --step "
+                                "defaults to 256)", minimum=1)
+    arpg_schedule: str = knob("arccos", "ARPG: tokens per step, arccos (the sampler's default) or cosine (the "
+                                        "paper's table)", choices=("arccos", "cosine"))
+    arpg_cfg_schedule: str = knob("linear", "ARPG: CFG scale per step, linear 1 + (s − 1)·decoded/N (the "
+                                            "default) or constant s; the batch is always doubled",
+                                  choices=("linear", "constant"))
+    arpg_order: str = knob("batch", "ARPG: one random order per batch (the reference) or per sample",
+                           choices=("batch", "sample"))
+    arpg_filters: bool = knob(False, "ARPG: apply top_k / top_p (the reference sampler never passes them)")
 
 
 @dataclass(kw_only=True)
@@ -163,7 +177,7 @@ class SampleJob(SampleSettings):
     dtype: str = knob("auto", "auto (bf16 on GPU as the reference sampler, fp32 on CPU), bf16 or fp32",
                       choices=("auto", "bf16", "fp32"))
     size: str = knob("", "released checkpoints only (they carry no config): model size, e.g. GPT-3B")
-    order: str = knob("par", "released checkpoints only: token order", choices=("par", "raster"))
+    order: str = knob("par", "released checkpoints only: token order", choices=("par", "raster", "arpg"))
     n: int = knob(4, "released checkpoints only: tokens per step", minimum=1)
 
     @property
@@ -341,6 +355,9 @@ class NLLSettings:
 
     images: int = knob(0, "held-out images scored: a fixed random draw of this many (0 = all)", minimum=0)
     batch_size: int = knob(256, "images per forward batch", minimum=1)
+    arpg_orders: int = knob(4, "ARPG: random orders per image; its NLL is their average, an upper bound on the "
+                               "NLL of the model's mixture over orders", minimum=1)
+    seed: int = knob(0, "seed of the held-out draw and of ARPG's random orders")
 
 
 @dataclass(kw_only=True)
@@ -384,7 +401,13 @@ class Resources(SlurmPlacement):
 class ModelEntryExtras:
     """Keys a model entry has besides its train and sample settings."""
 
-    checkpoint: str = knob("", "released weights: this model is not trained")
+    checkpoint: str = knob("", "released weights (a local file): this model is not trained")
+    checkpoint_url: str = knob("", "released weights to download (fetched once by `par fetch`): not trained")
+    checkpoint_sha256: str = knob("", "expected sha256 of the downloaded weights")
+    score_nll: bool = knob(True, "held-out NLL for this model (off for released weights trained on another token "
+                                 "grid, e.g. ARPG's 16×16 tokens of 256-px images beside 384-px data)")
+    trained_as: str = knob("", "sample the trained runs of this other model entry (same weights, same seeds) with "
+                               "this entry's sample settings, e.g. ARPG at another step count")
     seeds: int = knob(1, "training runs with seeds seed, seed+1, …; tables report mean ± standard error",
                       minimum=1)
     resources: str = knob("train", "name of the resources entry of its training job")

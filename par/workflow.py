@@ -65,8 +65,10 @@ class Experiment:
         self.results = f"{self.settings.results}/{self.preset_name}"
         self.analysis = f"{self.settings.analysis}/{self.preset_name}"
         self.models = sorted(self.written["models"])
-        # a run = one trained instance of a model: `<model>/s<k>`, k over the entry's seeds
-        self.runs = [f"{m}/s{k}" for m in self.models for k in range(self.preset.models[m].seeds)]
+        self._check_trained_as()
+        # a run = one trained instance of a model: `<model>/s<k>`, k over the entry's seeds (its `trained_as`'s)
+        self.runs = [f"{m}/s{k}" for m in self.models for k in range(self.seeds(m))]
+        self.nll_runs = [r for r in self.runs if self.preset.models[self.split_run(r)[0]].score_nll]
         self.tables = sorted(self.settings.tables)
         self.config_file = f"{self.results}/{CONFIG_FILE_NAME}"
         data, key = self.preset.data, f"presets.{self.preset_name}"
@@ -78,6 +80,28 @@ class Experiment:
         for m in self.models:
             if self.released(m) and self.preset.models[m].seeds != 1:
                 raise UserError(f"{key}.models.{m}.seeds: a released checkpoint is one run; remove seeds")
+
+    def _check_trained_as(self) -> None:
+        """`trained_as` names another entry that is trained here, and the seeds are that entry's."""
+        key = f"presets.{self.preset_name}.models"
+        for m in self.models:
+            target = self.preset.models[m].trained_as
+            if not target:
+                continue
+            if target not in self.preset.models or target == m:
+                raise UserError(f"{key}.{m}.trained_as: {target!r} is not another model of this preset "
+                                f"({', '.join(self.models)})")
+            t = self.preset.models[target]
+            if t.trained_as or t.checkpoint or t.checkpoint_url:
+                raise UserError(f"{key}.{m}.trained_as: {target!r} is not trained here (it is released or itself "
+                                "trained_as); name the entry that trains")
+            if "seeds" in self._entry(m) and self.preset.models[m].seeds != t.seeds:
+                raise UserError(f"{key}.{m}.seeds: it samples the runs of {target!r}, which has {t.seeds}; remove "
+                                "seeds")
+
+    def seeds(self, model: str) -> int:
+        target = self.preset.models[model].trained_as
+        return self.preset.models[target or model].seeds
 
     def user_inputs(self) -> list[tuple[str, str, str]]:
         """(config key, path, kind) of every file or folder the user supplies and the DAG needs."""
@@ -93,7 +117,8 @@ class Experiment:
             out.append((f"{key}.data.reference_stats", data.reference_stats, "file"))
         if tok.checkpoint:
             out.append((f"{key}.tokenizer.checkpoint", tok.checkpoint, "file"))
-        out += [(f"{key}.models.{m}.checkpoint", self.released(m), "file") for m in self.models if self.released(m)]
+        out += [(f"{key}.models.{m}.checkpoint", self._entry(m)["checkpoint"], "file") for m in self.models
+                if self._entry(m).get("checkpoint")]
         return out
 
     def check_inputs(self) -> None:
@@ -206,7 +231,8 @@ class Experiment:
     def download_source(self, file: str) -> tuple[str, str]:
         """(url, sha256) of the released file stored as `<results>/downloads/<file>`."""
         tok, data = self.preset.tokenizer, self.preset.data
-        for url, sha in ((tok.url, tok.sha256), (data.reference_stats_url, data.reference_stats_sha256)):
+        models = [(e.checkpoint_url, e.checkpoint_sha256) for e in self.preset.models.values()]
+        for url, sha in ((tok.url, tok.sha256), (data.reference_stats_url, data.reference_stats_sha256), *models):
             if url and file_name(url) == file:
                 return url, sha
         raise UserError(f"no download configured for {file} in preset {self.preset_name}")
@@ -218,8 +244,11 @@ class Experiment:
     # ---------------------------------------------------------------------------------------- models
 
     def released(self, model: str) -> str:
-        """The released checkpoint of `model` ('' when it is trained here)."""
-        return self._entry(model).get("checkpoint", "")
+        """The released checkpoint of `model`, local or downloaded ('' when it is trained here)."""
+        entry = self._entry(model)
+        if entry.get("checkpoint_url"):
+            return f"{self.results}/downloads/{file_name(entry['checkpoint_url'])}"
+        return entry.get("checkpoint", "")
 
     @staticmethod
     def split_run(run: str) -> tuple[str, int]:
@@ -228,8 +257,9 @@ class Experiment:
         return model, int(k)
 
     def model_path(self, run: str) -> str:
-        model, _ = self.split_run(run)
-        return self.released(model) or f"{self.results}/models/{run}/model.pt"
+        model, k = self.split_run(run)
+        trained = self.preset.models[model].trained_as or model
+        return self.released(model) or f"{self.results}/models/{trained}/s{k}/model.pt"
 
     def _seeded(self, section: str, run: str) -> dict:
         """Run k of a model trains and samples with the configured seed + k."""

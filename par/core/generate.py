@@ -94,7 +94,13 @@ def generate(
 
     `step_fn` replaces `model.decode_step` (e.g. a torch.compile'd version with the same signature).
     `static_cache` (see `Transformer.setup_caches`) defaults to fixed shapes on CUDA or with a `step_fn`.
+    An ARPG model is sampled by its own decoder (`par.core.arpg.generate`, `sampling.arpg_*`).
     """
+    if model.config.order == "arpg":
+        from par.core import arpg
+
+        out = arpg.generate(model, labels, sampling, generator, return_logits=return_logits)
+        return out if not return_logits else (out[0], {k: torch.cat(out[1][k], 1) for k in ("guided", "cond", "uncond")})
     was_training = model.training
     model.eval()
     B, device = labels.shape[0], labels.device

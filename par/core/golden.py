@@ -1,7 +1,8 @@
 """`par check-golden DIR`: compare this implementation with golden vectors from the authors' code.
 
-DIR has the layout documented in its README (orders.json, gpt/<case>/, vq_tiny/, keys/); every part
-that is present is checked, so it also runs on other directories of the same format. Tolerances are
+DIR has the layout documented in its README (orders.json, gpt/<case>/, vq_tiny/, keys/), or that of the ARPG
+set (<case>/, schedule.json, keys/ARPG-*.json; `par.core.golden_arpg`); every part that is present is checked,
+so it also runs on other directories of the same format. Tolerances are
 the README's: logits / hidden states atol 1e-4, loss 1e-5, RoPE 1e-6; tokens, codes, masks, orders
 and forward-call counts exact.
 """
@@ -202,6 +203,11 @@ def check_manifest(path: Path, index: dict) -> list[Check]:
 
         with torch.device("meta"):
             sd = tokenizer.VQModel(tokenizer.VQConfig()).state_dict()
+    elif golden_arpg.is_arpg_manifest(manifest):
+        try:
+            sd = golden_arpg.manifest_model(name, info, manifest).state_dict()
+        except (UserError, KeyError) as e:
+            return [Check(tag, False, f"cannot build a config: {e}")]
     else:
         from par.core.model import Transformer
 
@@ -234,7 +240,11 @@ def run_checks(root: Path) -> list[Check]:
     if (root / "orders.json").exists():
         checks += check_orders(root / "orders.json")
     for case in sorted(p for p in (root / "gpt").glob("*") if (p / "config.json").exists()):
-        checks += check_gpt_case(case)
+        checks += golden_arpg.check_arpg_case(case) if golden_arpg.is_arpg_case(case) else check_gpt_case(case)
+    for case in sorted(p for p in root.glob("*") if golden_arpg.is_arpg_case(p)):
+        checks += golden_arpg.check_arpg_case(case)
+    if (root / "schedule.json").exists():
+        checks += golden_arpg.check_schedule(root / "schedule.json")
     keys = root / "keys"
     if keys.is_dir():
         index = json.loads((keys / "index.json").read_text()) if (keys / "index.json").exists() else {}
@@ -246,7 +256,8 @@ def run_checks(root: Path) -> list[Check]:
 
         checks += [Check(f"{vq_dir.name} {name}", ok, detail) for name, ok, detail in golden_checks(vq_dir)]
     if not checks:
-        raise UserError(f"{root}: no golden data found (expected orders.json, gpt/<case>/, keys/ or vq_tiny/)")
+        raise UserError(f"{root}: no golden data found (expected orders.json, gpt/<case>/, keys/, vq_tiny/, or ARPG "
+                        "<case>/ and schedule.json)")
     return checks
 
 
@@ -261,6 +272,10 @@ def cmd_check_golden(args) -> int:
 
 def register(sub):
     p = sub.add_parser("check-golden", help="compare against golden vectors from the reference implementation")
-    p.add_argument("dir", help="golden directory (orders.json, gpt/<case>/, keys/, vq_tiny/)")
+    p.add_argument("dir", help="golden directory (orders.json, gpt/<case>/, keys/, vq_tiny/; or ARPG's <case>/, "
+                   "schedule.json, keys/)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")
     p.set_defaults(func=cmd_check_golden)
+
+
+from par.core import golden_arpg  # noqa: E402 — it imports this module's helpers

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from par import io
 from par.errors import UserError
-from par.core.order import CLS, SPE, TOKEN, Order
+from par.core.order import CLS, SPE, TOKEN, Order, RandomOrder
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -55,7 +55,7 @@ class ModelConfig:
     class_dropout_prob: float = 0.1
     # token grid and generation order (PAR)
     grid: tuple[int, ...] = (24, 24)
-    order: str = "par"  # "raster" | "par"
+    order: str = "par"  # "raster" | "par" | "arpg" (ARPG's random orders and decoder, par.core.arpg)
     n: int = 4  # tokens per step (ar_token_num); n - 1 transition tokens (spe_token_num)
     initial_sequential: bool = True
     group_attention: str = "full"  # "full" | "causal" (Table 3(c) ablation)
@@ -67,6 +67,13 @@ class ModelConfig:
             raise UserError(f"model config: dim={self.dim} is not divisible by n_head={self.n_head}")
         if self.head_dim % 2:
             raise UserError(f"model config: head_dim={self.head_dim} must be even for RoPE")
+        if self.order == "arpg":
+            if self.n_layer % 2:
+                raise UserError(f"model config: ARPG splits its n_layer={self.n_layer} blocks into self- and cross-"
+                                "decoder halves; use an even n_layer (e.g. size small-S-arpg)")
+            if self.head_dim % 4:
+                raise UserError(f"model config: ARPG's 2D RoPE needs head_dim={self.head_dim} divisible by 4")
+            self.n = 1  # tokens per step come from the sampler's schedule, not the model
 
     @property
     def head_dim(self) -> int:
@@ -80,7 +87,9 @@ class ModelConfig:
         return find_multiple(hidden, self.multiple_of)
 
     @property
-    def order_obj(self) -> Order:
+    def order_obj(self) -> Order | RandomOrder:
+        if self.order == "arpg":
+            return RandomOrder(self.grid)
         return Order(self.grid, self.order, self.n, self.initial_sequential, self.group_attention, self.regions)
 
     def to_dict(self) -> dict:
@@ -97,15 +106,18 @@ class ModelConfig:
     @classmethod
     def from_reference(cls, model_args: dict, family: str = "PAR") -> "ModelConfig":
         """Build from the reference implementation's constructor arguments (golden `config.json`)."""
-        side = math.isqrt(int(model_args["block_size"]))
+        side = math.isqrt(int(model_args["block_size"]))  # the reference's grid: int(sqrt(block_size))
         n = int(model_args.get("ar_token_num", 1)) if family == "PAR" else 1
+        order = "arpg" if family == "ARPG" else ("par" if n > 1 else "raster")
         keep = {k: model_args[k] for k in (
             "dim", "n_layer", "n_head", "multiple_of", "ffn_dim_multiplier", "rope_base", "norm_eps",
             "initializer_range", "token_dropout_p", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p",
             "drop_path_rate", "vocab_size", "num_classes", "class_dropout_prob") if k in model_args}
         if model_args.get("n_kv_head") not in (None, model_args["n_head"]):
             raise UserError("grouped-query attention (n_kv_head != n_head) is not used by any PAR/LlamaGen c2i model")
-        return cls(**keep, grid=(side, side), order="par" if n > 1 else "raster", n=n)
+        if family == "ARPG" and int(model_args.get("cls_token_num", 1)) != 1:
+            raise UserError("ARPG: cls_token_num must be 1 (the reference's generate hard-codes RoPE row 0, Q10)")
+        return cls(**keep, grid=(side, side), order=order, n=n)
 
 
 # Sizes of §5 (LlamaGen GPT-*), plus small CPU sizes standing in for them in the tiny preset.
@@ -123,6 +135,8 @@ SIZES: dict[str, dict] = {
     "small-M": dict(n_layer=4, n_head=4, dim=96, multiple_of=32),
     "small-L": dict(n_layer=5, n_head=4, dim=128, multiple_of=32),
     "tiny-XL": dict(n_layer=6, n_head=6, dim=192, multiple_of=32),
+    # ARPG beside small-S at the same parameter budget (an even n_layer for its self/cross halves)
+    "small-S-arpg": dict(n_layer=4, n_head=4, dim=64, multiple_of=32, ffn_dim_multiplier=0.75),
 }
 
 
@@ -171,9 +185,10 @@ def rope_sequence_table(order: Order, head_dim: int, base: float) -> torch.Tenso
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """x (B, T, H, hd); freqs (T, hd/2, 2). Adjacent channel pairs (2m, 2m+1), float32 math."""
+    """x (B, T, H, hd); freqs (T, hd/2, 2), or (B, T, hd/2, 2) per sample. Adjacent channel pairs (2m, 2m+1),
+    float32 math."""
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    f = freqs.view(1, xs.size(1), 1, xs.size(3), 2)
+    f = freqs.reshape(-1, xs.size(1), 1, xs.size(3), 2)
     out = torch.stack(
         [xs[..., 0] * f[..., 0] - xs[..., 1] * f[..., 1], xs[..., 1] * f[..., 0] + xs[..., 0] * f[..., 1]], -1
     )
@@ -437,6 +452,15 @@ class Transformer(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def build(cfg: ModelConfig) -> nn.Module:
+    """The network of a config: the PAR / LlamaGen `Transformer`, or ARPG's for order "arpg"."""
+    if cfg.order == "arpg":
+        from par.core.arpg import ARPG
+
+        return ARPG(cfg)
+    return Transformer(cfg)
+
+
 def extract_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("model", "module", "state_dict"):
@@ -461,9 +485,10 @@ def load_state_dict_strict(module: nn.Module, sd: dict, path: Path | str):
 
 
 def load_checkpoint(path: str | Path, config: ModelConfig | None = None, dtype=torch.float32,
-                    weights: str = "model") -> Transformer:
+                    weights: str = "model") -> nn.Module:
     """Load one of our checkpoints (which carry their config) or a released PAR/LlamaGen file
-    (pass `config`, e.g. `model_config("GPT-XL", n=4)`). weights="ema" takes the EMA copy instead (written
+    (pass `config`, e.g. `model_config("GPT-XL", n=4)`, or `model_config("GPT-L", order="arpg", grid=(16, 16))`
+    for `arpg_300m.pt`). weights="ema" takes the EMA copy instead (written
     by `par train --ema true` and by the reference trainer's --ema)."""
     path = Path(path)
     obj = io.torch_load(path)
@@ -477,6 +502,6 @@ def load_checkpoint(path: str | Path, config: ModelConfig | None = None, dtype=t
         if not (isinstance(obj, dict) and isinstance(obj.get("config"), dict)):
             raise UserError(f"{path}: checkpoint carries no 'config'; pass the model config (size, n, order) explicitly")
         config = ModelConfig.from_dict(obj["config"].get("model", obj["config"]), source=f"{path}:config")
-    model = Transformer(config)
+    model = build(config)
     load_state_dict_strict(model, extract_state_dict(obj, path), path)
     return model.to(dtype).eval()

@@ -229,3 +229,57 @@ class Order:
 def num_forward_calls(grid: tuple[int, ...], kind: str = "par", n: int = 1, initial_sequential: bool = True) -> int:
     """Forward calls needed to generate one image in the given order."""
     return Order(grid, kind, n, initial_sequential).num_calls
+
+
+# ---------------------------------------------------------------------------------------------
+# ARPG's random orders (spec §12): the peer row of the tables
+# ---------------------------------------------------------------------------------------------
+
+ARPG_SCHEDULES = ("arccos", "cosine")
+
+
+def arpg_tokens_per_step(num_tokens: int, steps: int, schedule: str = "arccos") -> list[int]:
+    """Tokens decoded at each of ARPG's `steps` forward calls (spec §12.3).
+
+    The mask ratio of step s is arccos((s+1)/S)/(π/2) or cos(π/2·(s+1)/S); the step leaves
+    max(1, min(N − done − 1, int(N·r))) tokens masked and the last step takes the rest. Python floats
+    (float64) on purpose: some steps sit on an integer boundary (cosine, S = 36: N·cos(π/3) = N/2 + 1e-14),
+    which float32 rounds to the other side, moving a token between steps (golden README, Q9)."""
+    if schedule not in ARPG_SCHEDULES:
+        raise UserError(f"ARPG schedule {schedule!r}: use one of {ARPG_SCHEDULES}")
+    if not 1 <= steps <= num_tokens:
+        raise UserError(f"ARPG steps={steps}: must lie in 1 … {num_tokens} (the tokens per image)")
+    counts, done = [], 0
+    for s in range(steps):
+        x = (s + 1) / steps
+        ratio = math.acos(x) / (math.pi / 2) if schedule == "arccos" else math.cos(math.pi / 2 * x)
+        k = num_tokens - done if s == steps - 1 else num_tokens - done - max(1, min(num_tokens - done - 1,
+                                                                                    int(num_tokens * ratio)))
+        counts.append(k)
+        done += k
+    return counts
+
+
+@dataclass(frozen=True)
+class RandomOrder:
+    """ARPG's orders: a fresh random permutation of the grid per sample in training and per `generate` call
+    (shared by the batch, Q4) in sampling. The model permutes inside its forward, so the data it is handed
+    stays in raster order: `to_order` and `to_raster` are the identity."""
+
+    grid: tuple[int, ...]
+    kind: str = "arpg"
+    n: int = 1
+
+    @property
+    def num_tokens(self) -> int:
+        return int(np.prod(self.grid))
+
+    @property
+    def name(self) -> str:
+        return "arpg"
+
+    def to_order(self, raster_tokens):
+        return raster_tokens
+
+    def to_raster(self, order_tokens):
+        return order_tokens

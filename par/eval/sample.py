@@ -41,9 +41,14 @@ def _setup(job: SampleJob):
                           ("cpu" if job.device == "auto" else job.device))
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
              "fp32": torch.float32}[job.dtype]
-    config = model_config(job.size, order=job.order, n=job.n) if job.size else None
+    config = None
+    if job.size:  # a released checkpoint: ARPG's were trained on 256-px images (16×16 tokens), PAR's on 384 (24×24)
+        config = model_config(job.size, order=job.order, n=job.n, **({"grid": (16, 16)} if job.order == "arpg" else {}))
     model = load_checkpoint(job.model, config, dtype=dtype, weights=job.weights).to(device)
     vq = load_vq(job.vq).to(device)
+    if job.compile and model.config.order == "arpg":
+        raise UserError("--compile: ARPG decodes a different number of tokens at each step (one graph per step); "
+                        "sample it with --compile false")
     if job.compile:
         from par.core.generate import compile_decode_step
 
@@ -151,12 +156,18 @@ def finalize(job: SampleJob, model=None, vq=None, device=None) -> Path:
     total_seconds = float(sum(float(s["seconds"]) for s in shards))
     latency, runs = measure_latency(job, model, vq, device)
     meta = {"job": asdict(job), "num_samples": job.num_samples, "num_shards": job.num_shards,
-            "forward_calls": model.order.num_calls, "order": model.order.name, "n": model.config.n,
+            "forward_calls": forward_calls(model, job), "order": model.order.name, "n": model.config.n,
+            "params": model.num_params,
             "seconds_per_image_batch1": latency, "latency_runs": runs,
             "images_per_second": job.num_samples / total_seconds, "device": str(device),
             "npz": str(out / "samples.npz"), "grid": str(out / "grid.png")}
     io.write_json(out / "sampling.json", meta)
     return out / "samples.npz"
+
+
+def forward_calls(model, job: SampleJob) -> int:
+    """Forward calls per image: fixed by the order and n for PAR, the sampler's `arpg_steps` for ARPG."""
+    return job.arpg_steps if model.config.order == "arpg" else model.order.num_calls
 
 
 def _check_folder(job: SampleJob, out: Path) -> None:

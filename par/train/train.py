@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from par import io
 from par.config import TrainJob, TrainSettings
-from par.core.model import ModelConfig, Transformer, model_config
+from par.core.model import ModelConfig, Transformer, build, model_config
 from par.errors import UserError
 from par.progress import Progress
 
@@ -109,7 +109,8 @@ def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainSettings) -> fl
     warm = int(cfg.warmup_epochs * steps_per_epoch)
     if step < warm:
         return cfg.lr * (step + 1) / warm
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    cos = 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * cos
 
 
 # -- distributed -----------------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def load_data(cfg: TrainJob, world: int) -> tuple[TokenArrays, int, int]:
 def build_model(cfg: TrainJob, mcfg: ModelConfig, device, rank: int):
     """(model, optimizer, EMA copy or None), initialised from `cfg.seed` alone: identical on every rank."""
     torch.manual_seed(cfg.seed)
-    model = Transformer(mcfg).to(device)
+    model = build(mcfg).to(device)
     opt = make_optimizer(model, cfg, device)
     # fp32 EMA on rank 0 only: it is the one that saves, and other ranks need not hold a second model copy
     ema = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema and rank == 0 else None
@@ -365,6 +366,7 @@ def train_step(run: Run) -> tuple[float, torch.Tensor, torch.Tensor, int]:
     for g in run.opt.param_groups:
         g["lr"] = lr
     codes, labels = run.data.batch(run.step, cfg.global_batch, cfg.seed, run.rank, run.world)
+    # PAR: codes in the model's order; ARPG: raster codes, permuted per sample inside its forward
     z, labels = run.model.order.to_order(codes).to(run.device), labels.to(run.device)
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
         _, loss = run.fwd(z, labels, targets=z)

@@ -7,7 +7,7 @@ rule tables:
         config=config_file,
         metrics=expand(f"{results}/metrics/{{run}}.json", run=runs),
         sampling=expand(f"{results}/samples/{{run}}/sampling.json", run=runs),
-        nll=expand(f"{results}/nll/{{run}}.json", run=runs),
+        nll=expand(f"{results}/nll/{{run}}.json", run=experiment.nll_runs),
         floors=expand(f"{results}/floors/{{floor}}.json", floor=experiment.floors),
         classifier=f"{results}/classifier/metrics.json" if experiment.uses_classifier else [],
         entropy=f"{analysis}/entropy/entropy_summary.json",
