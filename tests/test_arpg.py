@@ -328,3 +328,13 @@ def test_released_arpg_weights_are_downloaded_and_skip_the_nll():
     assert e.fetch_args("arpg_700m.pt").startswith("--url https://huggingface.co/hp-l33/ARPG/resolve/main/arpg_700m.pt")
     assert "arpg-XL/s0" in e.runs and "arpg-XL/s0" not in e.nll_runs and "arpg-L-147/s0" in e.nll_runs
     assert e.sample_args("arpg-XL/s0").endswith("--size GPT-XL --order arpg --n 1")
+
+
+def test_plan_bills_arpg_training_once_and_its_released_weights_never(tmp_path):
+    from par.train.plan import plan
+
+    rows = {r["model"]: r for r in plan(ROOT / "config.yaml", "paper", tmp_path, 0.4)}
+    assert rows["arpg-L-147"]["train_flops"] > 0 and rows["arpg-L-51"]["train_flops"] == 0
+    assert rows["arpg-XL"]["train_flops"] == 0 and rows["arpg-XL"]["params"] == 718_997_760
+    # ARPG's sampler always doubles the batch; 16×16 tokens for the released weights
+    assert rows["arpg-XL"]["sample_flops"] == 2 * 718_997_760 * 256 * 50_000 * 2

@@ -50,18 +50,28 @@ def _metrics(nll: float, n_samples: int = 500) -> dict:
 
 
 def make_results(root: Path, models: dict = MODELS, *, nll: bool = True, floors: bool = True) -> dict:
-    """A results tree as the pipeline writes it; returns the preset section."""
-    for i, (model, (entry, nlls)) in enumerate(models.items()):
+    """A results tree as the pipeline writes it; returns the preset section. An ARPG entry (`order: arpg`, or
+    `trained_as` one) samples `arpg_steps` forward calls and writes a random-order bound as its NLL; a `trained_as`
+    entry has no models/ folder of its own."""
+    preset = {"models": {m: e for m, (e, _) in models.items()}}
+    for i, (model, (_, nlls)) in enumerate(models.items()):
+        entry = tables.entries(preset)[model]
+        arpg = entry.get("order") == "arpg"
         for k, v in enumerate(nlls):
             run = f"s{k}"
             _write(root / "metrics" / model / f"{run}.json", _metrics(v))
+            steps = entry["arpg_steps"] if arpg else 256 // entry["n"] + 3
+            job = {"order": "arpg", "n": 1, "job": {"arpg_steps": steps, "arpg_schedule": "arccos",
+                                                    "arpg_cfg_schedule": "linear", "cfg_scale": 1.5}}
             _write(root / "samples" / model / run / "sampling.json",
-                   {"forward_calls": 256 // entry["n"] + 3, "seconds_per_image_batch1": 0.1 + 0.01 * k,
-                    "num_samples": 500})
-            _write(root / "models" / model / run / "config.json", {"params": 400_000 + i})
+                   {"forward_calls": steps, "seconds_per_image_batch1": 0.1 + 0.01 * k, "num_samples": 500}
+                   | (job if arpg else {}))
+            if not entry.get("trained_as"):
+                _write(root / "models" / model / run / "config.json", {"params": 400_000 + i})
             if nll:
-                _write(root / "nll" / model / f"{run}.json",
-                       {"nll": v, "nll_se": 0.002, "n_images": 10000, "tokens_per_image": 256, "split": "test"})
+                kind = {"kind": "random-order upper bound", "orders_per_image": 4} if arpg else {"kind": "exact"}
+                _write(root / "nll" / model / f"{run}.json", {"nll": v, "nll_se": 0.002, "n_images": 10000,
+                                                              "tokens_per_image": 256, "split": "test"} | kind)
             _grid(root / "samples" / model / run / "grid.png", 20 * i)
     if floors:
         _write(root / "floors" / "real.json", {**_metrics(1.0, 10000), "n_reference": 10000})
@@ -71,7 +81,7 @@ def make_results(root: Path, models: dict = MODELS, *, nll: bool = True, floors:
                                              "train_images": 60000, "grid": [16, 16],
                                              "test": {"psnr_db": 28.1, "n_images": 10000}})
     _write(root / "classifier" / "metrics.json", {"test_accuracy": 0.912, "n_test": 10000, "n_train": 60000})
-    return {"models": {m: e for m, (e, _) in models.items()}}
+    return preset
 
 
 @pytest.fixture
@@ -247,6 +257,117 @@ def test_provenance_is_clean_when_only_the_analysis_folder_changed(tmp_path):
     assert report.git_provenance(tmp_path / "out", cwd=tmp_path) == f"{sha.strip()} (clean)"
     (tmp_path / "par.py").write_text("v2\n")
     assert report.git_provenance(tmp_path / "out", cwd=tmp_path) == f"{sha.strip()} with uncommitted changes (par.py)"
+
+
+# ------------------------------------------------------------------------------------------ ARPG, the peer row
+
+# ARPG at PAR n=4's and n=16's steps (256 // 4 + 3 = 67, 256 // 16 + 3 = 19), worse than PAR at those steps on
+# every metric (they follow the NLL); its NLL is never judged
+ARPG = {"arpg": ({"size": "small-S", "order": "arpg", "n": 1, "seeds": 3, "arpg_steps": 67}, [1.27, 1.28, 1.29]),
+        "arpg-n16steps": ({"trained_as": "arpg", "arpg_steps": 19}, [1.33, 1.34, 1.35])}
+ARPG_TABLES = TABLES | {"table2": {"n=1 (LlamaGen)": ["raster-n1"], "PAR n=4": ["par-n4"], "PAR n=16": ["par-n16"],
+                                   "ARPG, PAR n=4's steps": ["arpg", "arpg-L"],
+                                   "ARPG, PAR n=16's steps": ["arpg-n16steps"]}}
+
+
+@pytest.fixture
+def arpg_run(tmp_path):
+    preset = make_results(tmp_path / "results", MODELS | ARPG)
+    out = tmp_path / "analysis"
+    tables.write_tables_for({"tables": ARPG_TABLES}, preset, "small", tmp_path / "results", out / "tables")
+    return preset, tmp_path / "results", out
+
+
+def _row(md: str, label: str) -> dict:
+    lines = md.splitlines()
+    header = next(x for x in lines if x.startswith("| row "))
+    cells = lambda x: [c.strip() for c in x.strip("|").split("|")]  # noqa: E731
+    return dict(zip(cells(header), cells(next(x for x in lines if x.startswith(f"| {label} ")))))
+
+
+def test_arpg_rows_mark_their_nll_as_a_bound_and_say_why(arpg_run):
+    _, _, out = arpg_run
+    md = (out / "tables" / "table2.md").read_text()
+    arpg, n16, par = (_row(md, r) for r in ("ARPG, PAR n=4's steps", "ARPG, PAR n=16's steps", "PAR n=4"))
+    assert arpg["NLL / token ↓"] == "≤ 1.280 ± 0.006" and n16["NLL / token ↓"] == "≤ 1.340 ± 0.006"
+    assert par["NLL / token ↓"] == "1.260 ± 0.006"  # PAR's is exact: no mark
+    assert arpg["setup"] == "ARPG, 67 steps, arccos schedule" and n16["setup"] == "ARPG, 19 steps, arccos schedule"
+    assert arpg["steps"] == par["steps"] == "67" and n16["steps"] == _row(md, "PAR n=16")["steps"] == "19"
+    assert n16["seeds"] == "3" and n16["params"] == arpg["params"] == "400,007"  # trained_as: arpg's runs
+    assert ("ARPG's NLL is the mean over 4 random orders per image (an upper bound on the NLL of its mixture over "
+            "orders), scored with causal training contexts; PAR's is exact.") in md
+    df = pd.read_csv(out / "tables" / "table2.csv", index_col="row")
+    assert df.loc["ARPG, PAR n=4's steps", "nll_kind"] == "random-order upper bound"
+    assert df.loc["PAR n=4", "nll_kind"] == "exact"
+    assert r"$\leq$ 1.280" in (out / "tables" / "table2.tex").read_text()
+    assert "≤" not in (out / "tables" / "table3b.md").read_text()  # no ARPG row, no mark, no footnote
+
+
+def test_arpg_is_judged_on_sample_quality_only(arpg_run):
+    _, _, out = arpg_run
+    df = pd.read_csv(out / "tables" / "verdicts.csv")
+    arpg = df[df.claim == "ARPG vs PAR at equal steps (ARPG's claim: better)"]
+    assert set(zip(arpg.comparison, arpg.metric)) == {
+        (f"table2: ARPG, PAR n={n}'s steps better than PAR n={n}", m)
+        for n in (4, 16) for m in ("classifier FID", "class accuracy")}
+    assert set(arpg.verdict) == {"contradicted"}  # worse FID and accuracy than PAR at the same steps
+    assert "NLL / token" in set(df.metric)  # the other claims still are judged on NLL
+    assert "never on NLL" in (out / "tables" / "verdicts.md").read_text()
+
+
+def test_without_arpg_rows_there_is_no_arpg_verdict_or_section(tmp_path, run):
+    preset, results, out = run
+    tables.write_tables_for({"tables": ARPG_TABLES}, preset, "small", results, out / "tables")
+    assert not pd.read_csv(out / "tables" / "verdicts.csv").claim.str.startswith("ARPG").any()
+    assert "ARPG" not in (out / "tables" / "table2.md").read_text()
+    md = report.render_report({"tables": ARPG_TABLES}, preset, "small", results, out).read_text()
+    assert "## ARPG" not in md and "diamonds" not in md
+
+
+def test_the_report_says_what_the_arpg_rows_are_and_their_verdicts(arpg_run):
+    preset, results, out = arpg_run
+    md = report.render_report({"tables": ARPG_TABLES}, preset, "small", results, out).read_text()
+    section = md[md.index("## ARPG beside PAR"):md.index("## How to read")]
+    assert ("- **ARPG, PAR n=4's steps** (`arpg`, ARPG, 67 steps, arccos schedule): 67 steps, 400,007 parameters, "
+            "3 seeds; beside **PAR n=4** (`par-n4`, PAR n=4): 67 steps, 400,001 parameters, 3 seeds.") in section
+    assert "**ARPG, PAR n=16's steps** (`arpg-n16steps`" in section and "upper bound" in section
+    lines = [x for x in section.splitlines() if x.startswith("- table2: ")]
+    assert len(lines) == 4 and all(x.endswith("→ **contradicted**") for x in lines)
+    assert not any("NLL" in x for x in lines)
+    assert "**ARPG, 19 steps, arccos schedule** (`arpg-n16steps`)" in md  # its sample grid
+
+
+def test_the_speed_figure_draws_arpg_as_its_own_points(arpg_run, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    preset, results, out = arpg_run
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    assert report.speed_plot(preset, results, out / "f.png").stat().st_size > 0
+    handles, labels = figs[0].axes[0].get_legend_handles_labels()
+    style = {lb: (h[0].get_marker(), h[0].get_color()) for h, lb in zip(handles, labels)
+             if not lb.startswith("floor")}  # a model's point: an errorbar container (a floor is a line)
+    arpg = style["ARPG, 67 steps, arccos schedule"], style["ARPG, 19 steps, arccos schedule"]
+    others = [v for lb, v in style.items() if not lb.startswith("ARPG")]
+    assert {m for m, _ in arpg} == {"D"} and {m for m, _ in others} == {"o"}
+    assert arpg[0][1] != arpg[1][1] and not {c for _, c in arpg} & {c for _, c in others}
+    assert [ax.get_ylabel() for ax in figs[0].axes[2:4]] == ["NLL / token ↓ (ARPG: upper bound)"] * 2
+
+
+def test_released_arpg_weights_show_the_readmes_numbers_as_reported(tmp_path):
+    entry = {"size": "GPT-L", "order": "arpg", "checkpoint_url": "https://x/arpg_300m.pt", "score_nll": False,
+             "arpg_steps": 64, "arpg_schedule": "cosine"}
+    par = {"size": "GPT-3B", "order": "par", "n": 4}
+    preset = make_results(tmp_path / "r", {"arpg-L": (entry, [1.3]), "par-3B-n4": (par, [1.2])}, floors=False)
+    shutil.rmtree(tmp_path / "r" / "nll" / "arpg-L")  # score_nll: false
+    spec = {"PAR n=4": ["par-n4", "par-3B-n4"], "ARPG, PAR n=4's steps": ["arpg", "arpg-L"]}
+    tables.write_tables_for({"tables": {"table2": spec}}, preset, "paper", tmp_path / "r", tmp_path / "t")
+    md = (tmp_path / "t" / "table2.md").read_text()
+    row = _row(md, "ARPG, PAR n=4's steps")
+    assert row["setup"] == "ARPG, 64 steps, arccos schedule, released weights"  # as sampled (sampling.json)
+    assert (row["Inception FID ↓ (paper)"], row["IS ↑ (paper)"], row["steps (paper)"]) == ("2.44", "292", "64")
+    assert (row["schedule (paper)"], row["CFG (paper)"]) == ("cosine", "4.5")
+    assert "nll: not scored (score_nll: false): arpg-L" in md
 
 
 # ------------------------------------------------------------------------------------------ in a browser

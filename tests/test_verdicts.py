@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from par.analysis.verdicts import (CLAIMS, Comparison, format_pm, judge, judge_claims, mean_se, rule_text,
-                                   seeds_needed, to_markdown)
+from par.analysis.verdicts import (ARPG_CLAIM, CLAIMS, SAMPLE_QUALITY, Comparison, format_pm, judge, judge_claims,
+                                   mean_se, rule_text, seeds_needed, to_markdown)
 
 
 def _seeds(mean: float, sd: float, n: int) -> list[float]:
@@ -150,7 +150,40 @@ def test_extra_rows_are_appended_and_claims_come_from_data():
     mine = (Comparison("(z) mine", "t", "x", "y"),)
     df = judge_claims({"t": {"x": _frame(nll=_seeds(2.0, 0.01, 3)), "y": _frame(nll=_seeds(1.0, 0.01, 3))}}, mine)
     assert list(df.verdict) == ["contradicted"]
-    assert {c.table for c in CLAIMS} == {"table3a", "table3b", "table3c", "table3d", "table3e"}
+    assert {c.table for c in CLAIMS} == {"table2", "table3a", "table3b", "table3c", "table3d", "table3e"}
+
+
+def test_arpg_vs_par_is_judged_on_sample_quality_never_on_nll():
+    # ARPG's NLL (an upper bound) is far above PAR's: judged on NLL the claim would be contradicted
+    runs = {"table2": {"ARPG, PAR n=4's steps": _frame(nll=_seeds(1.50, 0.01, 3), cls_fid=_seeds(20, 1, 3),
+                                                       class_accuracy=_seeds(0.80, 0.01, 3)),
+                       "PAR n=4": _frame(nll=_seeds(1.25, 0.01, 3), cls_fid=_seeds(30, 1, 3),
+                                         class_accuracy=_seeds(0.70, 0.01, 3)),
+                       "ARPG, PAR n=16's steps": _frame(nll=[1.5], nll_se=[0.002], fid=[300.0], n=1),
+                       "PAR n=16": _frame(nll=[1.3], nll_se=[0.002], fid=[310.0], n=1)}}
+    df = judge_claims(runs)
+    assert set(df.claim) == {ARPG_CLAIM} and "NLL / token" not in set(df.metric)
+    got = {(r.comparison, r.metric): r.verdict for r in df.itertuples()}
+    assert got == {
+        ("table2: ARPG, PAR n=4's steps better than PAR n=4", "classifier FID"): "reproduced",
+        ("table2: ARPG, PAR n=4's steps better than PAR n=4", "class accuracy"): "reproduced",
+        # no classifier FID: Inception FID stands in, as for any claim
+        ("table2: ARPG, PAR n=16's steps better than PAR n=16", "Inception FID"):
+            "not resolved (one seed, no error bar)",
+    }
+    assert "never on NLL" in rule_text() and "upper bound" in rule_text()
+    # the same rows under an unrestricted comparison are judged on NLL too: the restriction is what keeps it out
+    free = Comparison("x", "table2", "ARPG, PAR n=4's steps", "PAR n=4")
+    assert "NLL / token" in set(judge_claims(runs, (free,)).metric)
+    assert Comparison("x", "t", "a", "b", metrics=SAMPLE_QUALITY).metrics == SAMPLE_QUALITY
+
+
+def test_absent_arpg_rows_give_no_arpg_verdict():
+    runs = {"table2": {"PAR n=4": _frame(nll=_seeds(1.25, 0.01, 3), cls_fid=_seeds(30, 1, 3)),
+                       "PAR n=16": _frame(nll=_seeds(1.30, 0.01, 3), cls_fid=_seeds(35, 1, 3))},
+            "table3b": {"n=4": _frame(nll=_seeds(1.25, 0.01, 3)), "n=16": _frame(nll=_seeds(1.30, 0.01, 3))}}
+    df = judge_claims(runs)
+    assert not (df.claim == ARPG_CLAIM).any() and list(df.comparison) == ["table3b: n=4 better than n=16"]
 
 
 def test_markdown_states_difference_seeds_and_seeds_to_resolve():

@@ -343,7 +343,7 @@ def mini_config(tmp_path: Path, launcher: str = "inprocess") -> Path:
     t["tokenizer"]["train"].update(steps=40, heldout=32)
     t["tokenize"]["shard_size"] = 200
     t["train"].update(max_steps=40, ckpt_every=20, launcher=launcher)
-    t["models"] = {k: t["models"][k] for k in ("raster-n1", "par-n4", "par-n16")}
+    t["models"] = {k: t["models"][k] for k in ("raster-n1", "par-n4", "par-n16", "arpg", "arpg-n16steps")}
     t["sample"].update(num_samples=40, shard_size=40, batch_size=40)
     t["entropy"]["num_images"] = 200
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -375,8 +375,11 @@ def test_tiny_dag_end_to_end_then_up_to_date_then_partial_rerun(tmp_path):
              [f"analysis/tiny/tables/{t}.{e}" for t in ("table2", "table3a", "table3b", "table3c", "table3d",
                                                         "table3e") for e in ("md", "csv", "tex")]:
         assert (tmp_path / f).exists(), f
+    table2 = (tmp_path / "analysis/tiny/tables/table2.md").read_text()
+    assert "ARPG, PAR n=4's steps" in table2 and "ARPG, PAR n=16's steps" in table2
+    assert not (tmp_path / "results/tiny/models/arpg-n16steps").exists()  # sampled from arpg's runs
     for rule, job in (("train", "par-n4/s0"), ("sample", "par-n4/s0"), ("evaluate", "par-n4/s0"),
-                      ("nll", "par-n4/s0"), ("tables", "tables")):
+                      ("nll", "par-n4/s0"), ("tables", "tables"), ("sample", "arpg-n16steps/s0")):
         assert (tmp_path / f"results/tiny/logs/{rule}/{job}.log").exists(), (rule, job)
         assert (tmp_path / f"results/tiny/benchmarks/{rule}/{job}.tsv").exists(), (rule, job)
     assert _jobs_of_dry_run(tmp_path) == {}  # a second run does nothing

@@ -1,7 +1,8 @@
 """`par report`: <analysis>/report.md (+ .html), the page a person reads first.
 
-It stitches together what the other stages wrote: the verdicts and tables (`par tables`), a speed-vs-quality
-figure (steps and seconds per image vs sample quality and NLL, mean ± SE over seeds), one sample grid per model,
+It stitches together what the other stages wrote: the verdicts and tables (`par tables`), a paragraph on ARPG (the
+peer row) when the preset has it, a speed-vs-quality figure (steps and seconds per image vs sample quality and NLL,
+mean ± SE over seeds; ARPG as red diamonds), one sample grid per model,
 the entropy maps, the tokenizer's and the feature classifier's numbers, and the exact configuration and git commit
 that produced them. Everything it links is copied under the analysis folder, so the report reads the same from a
 fresh clone (results/ is not committed).
@@ -9,6 +10,7 @@ fresh clone (results/ is not committed).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -61,13 +63,21 @@ def git_provenance(analysis: str | Path = "analysis", cwd: str | Path | None = N
 
 def _all_runs(preset: dict, results: Path) -> dict:
     """model → its per-run frame (`tables.model_runs`)."""
-    return {m: tables.model_runs(results, m, e)[0] for m, e in preset["models"].items()}
+    return {m: tables.model_runs(results, m, e)[0] for m, e in tables.entries(preset).items()}
 
 
-def _errorbar(ax, stats: dict, xkey: str, ykey: str, label: str) -> None:
+def _styles(models: dict) -> dict[str, dict]:
+    """model → marker and colour, the same in every panel: ARPG red diamonds, every other model a circle in one of
+    the remaining colours of the default cycle (C3 is its red)."""
+    reds, others = itertools.cycle(("C3", "darkred", "salmon")), itertools.cycle(f"C{i}" for i in range(10) if i != 3)
+    return {m: {"fmt": "D", "color": next(reds)} if tables.is_arpg(e) else {"fmt": "o", "color": next(others)}
+            for m, e in models.items()}
+
+
+def _errorbar(ax, stats: dict, xkey: str, ykey: str, label: str, style: dict) -> None:
     x, y = stats[xkey], stats[ykey]
     zero = lambda s: s.se if math.isfinite(s.se) else 0.0  # noqa: E731 — no bar where there is no SE
-    ax.errorbar(x.mean, y.mean, xerr=zero(x), yerr=zero(y), fmt="o", ms=5, capsize=3, label=label)
+    ax.errorbar(x.mean, y.mean, xerr=zero(x), yerr=zero(y), ms=5, capsize=3, label=label, **style)
 
 
 def _floor_lines(ax, floors: dict[str, float]) -> None:
@@ -86,7 +96,8 @@ def _floor_lines(ax, floors: dict[str, float]) -> None:
 
 def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = None) -> Path | None:
     """Sample quality (classifier FID, else Inception FID) and NLL against steps and against seconds per image:
-    one point per model, mean ± SE over its seeds; floors as dashed lines; axes fitted to the data."""
+    one point per model, mean ± SE over its seeds (ARPG: red diamonds, its NLL an upper bound); floors as dashed
+    lines; axes fitted to the data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,6 +109,10 @@ def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = No
     ys = [(k, tables.COLUMNS[k]) for k in (quality, "nll") if has(k)]
     if not ys:
         return None
+    models = tables.entries(preset)
+    styles, labels = _styles(models), {m: tables.describe(results, models, m) for m in summary}
+    if any(tables.is_arpg(models[m]) for m in has("nll")):
+        ys = [(k, label + " (ARPG: upper bound)" if k == "nll" else label) for k, label in ys]
     floors = {f: tables.summarize(fr) for f, fr in tables.read_floors(results).items()}
     fig, axes = plt.subplots(len(ys), 2, figsize=(10, 3.6 * len(ys)), squeeze=False)
     for row, (ykey, ylabel) in enumerate(ys):
@@ -105,7 +120,7 @@ def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = No
                                               ("seconds_per_image", "seconds / image (batch 1)"))):
             ax = axes[row][col]
             for m in has(ykey):
-                _errorbar(ax, summary[m], xkey, ykey, tables.model_label(preset["models"][m], preset["models"]))
+                _errorbar(ax, summary[m], xkey, ykey, labels[m], styles[m])
             _floor_lines(ax, {tables.FLOORS[f][0]: st[ykey].mean for f, st in floors.items() if ykey in st
                               and st[ykey].n})
             ax.set_xlabel(xlabel)
@@ -124,7 +139,7 @@ def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = No
 def copy_grids(preset: dict, results: Path, analysis: Path) -> dict[str, Path]:
     """Each model's seed-0 sample grid copied to <analysis>/samples/<model>.png (results/ is not committed)."""
     out = {}
-    for model, entry in preset["models"].items():
+    for model, entry in tables.entries(preset).items():
         src = Path(results) / "samples" / model / tables.runs_of(entry)[0] / "grid.png"
         if not src.exists():
             raise UserError(f"{src}: sample grid missing; {tables.SAMPLE_FIX}")
@@ -196,8 +211,40 @@ def _verdicts(analysis: Path) -> list[str]:
     if not md.exists():
         return ["## Verdicts", "", "_No claim of Table 3 could be judged: this preset lacks the rows or the metrics a "
                 "comparison needs._", ""]
-    return ["## Verdicts", "", "Each claim of the paper's Table 3, judged separately on NLL and on sample quality.",
-            "", md.read_text().rstrip(), ""]
+    return ["## Verdicts", "", "Each claim of the paper's Table 3, judged separately on NLL and on sample quality; "
+            "ARPG's claim over Table 2 on sample quality only (see ARPG below).", "", md.read_text().rstrip(), ""]
+
+
+def _has_arpg(preset: dict) -> bool:
+    return any(tables.is_arpg(e) for e in tables.entries(preset).values())
+
+
+def _arpg(preset: dict, analysis: Path) -> list[str]:
+    """What the ARPG rows of Table 2 are, beside which PAR rows, and their verdicts; nothing without ARPG."""
+    import pandas as pd
+
+    if not _has_arpg(preset):
+        return []
+    csv = analysis / "tables" / "table2.csv"
+    t2 = pd.read_csv(csv, index_col="row") if csv.exists() and csv.stat().st_size else pd.DataFrame()
+    num = lambda r, k: verdicts.format_value(t2.loc[r].get(k, math.nan))  # noqa: E731
+    side = lambda r: (f"**{r}** (`{t2.loc[r, 'model']}`, {t2.loc[r, 'setup']}): {num(r, 'steps')} steps, "  # noqa: E731
+                      f"{num(r, 'params')} parameters, {num(r, 'seeds')} seeds")
+    pairs = [c for c in verdicts.ARPG_CLAIMS if c.a in t2.index and c.b in t2.index]
+    parts = ["## ARPG beside PAR", "",
+             "ARPG (Li et al. 2025, arXiv 2503.10568) decodes several tokens per step in a random order. Its rows in "
+             "Table 2 sample it at the step counts of PAR n=4 and PAR n=16, with the same backbone budget and the "
+             "same training seeds as PAR:", ""]
+    parts += [f"- {side(c.a)}; beside {side(c.b)}." for c in pairs] or ["- _No ARPG row of Table 2 has results._"]
+    parts += ["", "Its NLL is the mean over random orders per image, an upper bound on the NLL of its mixture over "
+              "orders (marked ≤ in the tables), while PAR's is exact. ARPG's claim, better than PAR at equal steps, "
+              "is therefore judged on sample quality only:", ""]
+    vcsv = analysis / "tables" / "verdicts.csv"
+    v = pd.read_csv(vcsv) if vcsv.exists() else pd.DataFrame(columns=verdicts.COLUMNS)
+    v = v[v["claim"] == verdicts.ARPG_CLAIM]
+    parts += [f"- {r.comparison}, {r.metric}: A − B = {verdicts.format_pm(r.difference, r.se)} → **{r.verdict}**"
+              for r in v.itertuples()] or ["- _Not judged: the preset lacks the rows or the metrics it needs._"]
+    return parts + [""]
 
 
 def _tables(cfg: dict, analysis: Path) -> list[str]:
@@ -209,10 +256,11 @@ def _tables(cfg: dict, analysis: Path) -> list[str]:
     return parts
 
 
-def _samples(preset: dict, grids: dict, rel) -> list[str]:
+def _samples(preset: dict, results: Path, grids: dict, rel) -> list[str]:
     parts = ["## Samples", "", "One grid per model (its seed-0 run): one row per class, CFG as configured.", ""]
+    models = tables.entries(preset)
     for model, path in grids.items():
-        label = tables.model_label(preset["models"][model], preset["models"])
+        label = tables.describe(results, models, model)
         parts += [f"**{label}** (`{model}`)", "", f"![{model}: one row per class]({rel(path)})", ""]
     return parts
 
@@ -295,11 +343,13 @@ def render_report(cfg: dict, preset: dict, preset_name: str, results, analysis) 
         parts += [SMOKE_TEST, ""]
     parts += ["Parallelized Autoregressive Visual Generation (Wang et al., arXiv 2412.15119). Every number below is "
               "read from a result file of this run; the paper's values appear only in columns marked (paper).", ""]
-    parts += _verdicts(analysis) + _how_to_read() + _tokenizer(results, runs.values()) + _tables(cfg, analysis)
+    parts += _verdicts(analysis) + _arpg(preset, analysis) + _how_to_read() + _tokenizer(results, runs.values())
+    parts += _tables(cfg, analysis)
     if plot:
-        parts += ["## Speed vs. quality", "", "Mean ± SE over seeds; dashed lines: floors.", "",
+        parts += ["## Speed vs. quality", "", "Mean ± SE over seeds; dashed lines: floors"
+                  + ("; red diamonds: ARPG (its NLL an upper bound)." if _has_arpg(preset) else "."), "",
                   f"![speed vs quality]({rel(plot)})", ""]
-    parts += _samples(preset, grids, rel) + _entropy(analysis, rel) + _provenance(preset_name, preset, results,
+    parts += _samples(preset, results, grids, rel) + _entropy(analysis, rel) + _provenance(preset_name, preset, results,
                                                                                   analysis)
     text = space_lists("\n".join(parts))
     io.write_text(analysis / "report.md", text)

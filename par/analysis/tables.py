@@ -8,6 +8,11 @@ a model's runs ± its standard error, read from the run's result files:
 NLL). `floors/{real,recon}.json`, when present, add the rows no model can beat. A missing metric is written as
 "–" with its reason in a footnote. The only literal numbers here are the paper's reported values (`PAPER`),
 printed in their own, labelled columns for the `paper` preset.
+
+ARPG (`order: arpg`, the peer row of Table 2) is a model like any other, except that its held-out NLL is an upper
+bound (the mean over random orders; its NLL file says `"kind": "random-order upper bound"`): its NLL cells are
+printed "≤ …" with a footnote. An entry with `trained_as: <model>` samples that model's runs: it inherits that
+entry's order, size and seeds, and its parameter count is read from `models/<model>/`.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from par.analysis.verdicts import Stat, format_pm, format_value, mean_se
 from par.config import add_run_arguments, load_config
 from par.errors import UserError
 
-# Reported in the paper / the authors' README (ImageNet 256, FID-50k; latency: A100, batch 1). Labelled as such.
+# Reported in the paper / the authors' README (ImageNet 256, FID-50k; latency: A100, batch 1); ARPG: its README's
+# model zoo (arXiv 2503.10568). Labelled as such.
 PAPER = {
     "llamagen-3B": {"fid": 2.18, "steps": 576, "seconds_per_image": 12.41},
     "par-3B-n4": {"fid": 2.29, "steps": 147, "seconds_per_image": 3.46},
@@ -34,7 +40,11 @@ PAPER = {
     "par-XXL-n4": {"fid": 2.35, "steps": 147},
     "llamagen-XL": {"fid": 2.62, "steps": 576},
     "llamagen-XXL": {"fid": 2.34, "steps": 576},
+    "arpg-L": {"fid": 2.44, "isc": 292, "steps": 64, "schedule": "cosine", "cfg_scale": 4.5},
+    "arpg-XL": {"fid": 2.10, "isc": 331, "steps": 64, "schedule": "cosine", "cfg_scale": 6.0},
+    "arpg-XXL": {"fid": 1.94, "isc": 340, "steps": 64, "schedule": "cosine", "cfg_scale": 7.5},
 }
+PAPER_ONLY = {"schedule": "schedule", "cfg_scale": "CFG"}  # reported settings that are no column of ours
 
 COLUMNS = {  # key → header, in table order
     "steps": "steps",
@@ -67,6 +77,7 @@ TITLES = {
     "table3d": "Table 3(d) — which tokens are generated in parallel (raster/distant × one/multi)",
     "table3e": "Table 3(e) — model scaling (PAR n = 4)",
 }
+NLL_BOUND = "random-order upper bound"  # an NLL file's "kind" for ARPG ("exact" or absent: PAR, raster)
 EVALUATE_FIX = "run the workflow up to `par evaluate` (snakemake all_tables)"
 SAMPLE_FIX = "run the workflow up to `par sample` (snakemake all_tables)"
 
@@ -86,13 +97,25 @@ def _num(v) -> float:
     return math.nan if v is None else float(v)
 
 
+def entries(preset: dict) -> dict[str, dict]:
+    """The preset's model entries, each `trained_as` entry over the entry it samples (whose order, size, seeds, …
+    it inherits unless it sets them itself)."""
+    models = preset["models"]
+    return {m: {**models.get(e.get("trained_as") or "", {}), **e} for m, e in models.items()}
+
+
+def is_arpg(entry: dict) -> bool:
+    return entry.get("order") == "arpg"
+
+
 def runs_of(entry: dict) -> list[str]:
     """Run names of a model entry: s0 … s<seeds−1> (`seeds` defaults to 1)."""
     return [f"s{k}" for k in range(int(entry.get("seeds") or 1))]
 
 
-def read_run(results: Path, model: str, run: str) -> tuple[dict, list[str]]:
-    """Values of one run from its result files, and notes on what is unavailable."""
+def read_run(results: Path, model: str, run: str, trained: str | None = None) -> tuple[dict, list[str]]:
+    """Values of one run from its result files, and notes on what is unavailable. `trained`: the model whose
+    training run this is (`trained_as`; default `model`)."""
     m = _load(results / "metrics" / model / f"{run}.json", EVALUATE_FIX)
     s = _load(results / "samples" / model / run / "sampling.json", SAMPLE_FIX)
     row = {k: _num(v) for k, v in m.get("metrics", {}).items()}
@@ -100,13 +123,14 @@ def read_run(results: Path, model: str, run: str) -> tuple[dict, list[str]]:
             "n_samples": _num(m.get("n_samples")), "n_reference": _num(m.get("n_reference"))}
     if (m.get("classifier") or {}).get("test_accuracy") is not None:
         row["classifier_test_accuracy"] = float(m["classifier"]["test_accuracy"])
-    cfg = results / "models" / model / run / "config.json"
+    cfg = results / "models" / (trained or model) / run / "config.json"
     if cfg.exists():
         row["params"] = _num(json.loads(cfg.read_text()).get("params"))
     nll = results / "nll" / model / f"{run}.json"
     if nll.exists():
         d = json.loads(nll.read_text())
-        row |= {"nll": _num(d.get("nll")), "nll_se": _num(d.get("nll_se"))}
+        row |= {"nll": _num(d.get("nll")), "nll_se": _num(d.get("nll_se")),
+                "nll_bound": float(d.get("kind", "exact") == NLL_BOUND), "nll_orders": _num(d.get("orders_per_image"))}
     return row, [f"{k}: {why}" for k, why in m.get("unavailable", {}).items()]
 
 
@@ -116,7 +140,7 @@ def model_runs(results: Path, model: str, entry: dict):
 
     rows, notes = {}, []
     for run in runs_of(entry):
-        rows[run], why = read_run(Path(results), model, run)
+        rows[run], why = read_run(Path(results), model, run, entry.get("trained_as"))
         notes += [f"{model} — {w}" for w in why if f"{model} — {w}" not in notes]
     return pd.DataFrame.from_dict(rows, orient="index"), notes
 
@@ -164,10 +188,16 @@ def summarize(runs) -> dict[str, Stat]:
     return out
 
 
-def model_label(entry: dict, models: dict | None = None) -> str:
-    """A model entry in words, e.g. 'PAR n=4, causal in-group' or 'PAR n=4 (size tiny-M)'; the size is named
-    only when it differs from the preset's most common one (`models`: all entries of the preset)."""
-    words = [f"{'raster' if entry.get('order', 'par') == 'raster' else 'PAR'} n={entry.get('n', '?')}"]
+def model_label(entry: dict, models: dict | None = None, job: dict | None = None) -> str:
+    """A model entry in words, e.g. 'PAR n=4, causal in-group', 'PAR n=4 (size tiny-M)' or 'ARPG, 64 steps, arccos
+    schedule'; the size is named only when it differs from the preset's most common one (`models`: all entries of
+    the preset). `job`: the settings a run was sampled with (sampling.json), which win over the entry's."""
+    if is_arpg(entry):
+        s = entry | (job or {})
+        words = ["ARPG"] + [f"{s[k]} {what}" for k, what in (("arpg_steps", "steps"), ("arpg_schedule", "schedule"))
+                            if s.get(k)]
+    else:
+        words = [f"{'raster' if entry.get('order', 'par') == 'raster' else 'PAR'} n={entry.get('n', '?')}"]
     if entry.get("group_attention", "full") != "full":
         words.append(f"{entry['group_attention']} in-group")
     if entry.get("initial_sequential", True) is False:
@@ -178,7 +208,14 @@ def model_label(entry: dict, models: dict | None = None) -> str:
     sizes = Counter(e.get("size") for e in (models or {}).values())
     if entry.get("size") and (not sizes or entry.get("size") != sizes.most_common(1)[0][0]):
         label += f" (size {entry['size']})"
-    return label + (", released weights" if entry.get("checkpoint") else "")
+    return label + (", released weights" if entry.get("checkpoint") or entry.get("checkpoint_url") else "")
+
+
+def describe(results: Path, models: dict, model: str) -> str:
+    """`model_label` of `model` (`models`: `entries(preset)`) with the settings its first run was sampled with."""
+    p = Path(results) / "samples" / model / runs_of(models[model])[0] / "sampling.json"
+    job = json.loads(p.read_text()).get("job") if p.exists() else None
+    return model_label(models[model], models, job)
 
 
 # ------------------------------------------------------------------------------------------ one table
@@ -204,20 +241,25 @@ def _seeds_cell(n_runs: int, stats: dict) -> str:
     return str(n_runs) + (f" (some cells {', '.join(map(str, fewer))})" if fewer else "")
 
 
-def _columns(frames: list, name: str) -> list[str]:
+def _columns(frames: list) -> list[str]:
     present = set().union(*(set(f.columns) for f in frames))
-    keys = [k for k in COLUMNS if k in present]
-    return [k for k in keys if k != "params"] if name == "table2" else keys
+    return [k for k in COLUMNS if k in present]
 
 
-def _missing_notes(keys, models_runs: dict, unavailable: list[str]) -> list[str]:
+def _nll_bound(entry: dict, runs) -> bool:
+    """Whether a row's NLL is ARPG's random-order upper bound (its entry or its NLL files say so)."""
+    return is_arpg(entry) or bool("nll_bound" in runs and (runs["nll_bound"] == 1).any())
+
+
+def _missing_notes(keys, models_runs: dict, models: dict, unavailable: list[str]) -> list[str]:
     """A footnote for every cell that is "–" without a reason from `par evaluate`."""
     out = []
     for model, runs in models_runs.items():
         for k in keys:
             explained = any(u.startswith(f"{model} — {k}:") for u in unavailable)
             if (k not in runs or runs[k].isna().all()) and not explained:
-                why = "no held-out NLL file (`nll/<model>/s<k>.json`)" if k == "nll" else "not in its result files"
+                why = ("not scored (score_nll: false)" if models[model].get("score_nll") is False else
+                       "no held-out NLL file (`nll/<model>/s<k>.json`)") if k == "nll" else "not in its result files"
                 out.append(f"{model} — {k}: {why}")
     return out
 
@@ -228,37 +270,42 @@ def build_table(name: str, rows_spec: dict, preset: dict, results: Path, with_pa
     the floor rows (`read_floors`). None when no model of the preset fills it."""
     import pandas as pd
 
-    results, floors = Path(results), floors or {}
-    picked = {label: next((m for m in cands if m in preset["models"]), None) for label, cands in rows_spec.items()}
+    results, floors, models = Path(results), floors or {}, entries(preset)
+    picked = {label: next((m for m in cands if m in models), None) for label, cands in rows_spec.items()}
     picked = {label: m for label, m in picked.items() if m}
     if not picked:
         return None
     runs, unavailable = {}, []
     for label, model in picked.items():
-        runs[label], why = model_runs(results, model, preset["models"][model])
+        runs[label], why = model_runs(results, model, models[model])
         unavailable += [w for w in why if w not in unavailable]
-    keys = _columns(list(runs.values()), name)
-    raw, shown = [], []
+    keys = _columns(list(runs.values()))
+    raw, shown, bounds = [], [], []
     for label, model in picked.items():
-        entry = preset["models"][model]
         stats = summarize(runs[label])
-        base = {"row": label, "model": model, "setup": model_label(entry, preset["models"])}
+        base = {"row": label, "model": model, "setup": describe(results, models, model)}
         raw.append(base | {"seeds": len(runs[label])} | _raw(stats, keys))
         shown.append(base | {"seeds": _seeds_cell(len(runs[label]), stats)}
                      | {COLUMNS[k]: _cell(k, stats.get(k)) for k in keys})
+        if "nll" in keys:
+            bound = _nll_bound(models[model], runs[label])
+            raw[-1]["nll_kind"] = NLL_BOUND if bound else "exact"
+            if bound and stats.get("nll") and stats["nll"].n:
+                shown[-1][COLUMNS["nll"]] = "≤ " + shown[-1][COLUMNS["nll"]]
+                bounds.append(runs[label])
         if with_paper and model in PAPER:
             for k, v in PAPER[model].items():
                 raw[-1][f"paper {k}"] = v
-                shown[-1][f"{COLUMNS[k]} (paper)"] = str(v)  # as the paper prints it
+                shown[-1][f"{COLUMNS.get(k) or PAPER_ONLY[k]} (paper)"] = str(v)  # as the paper prints it
     for floor, frame in floors.items():
         label, setup = FLOORS[floor]
         stats = summarize(frame)
         raw.append({"row": label, "model": "", "setup": setup} | _raw(stats, keys))
         shown.append({"row": label, "model": "", "setup": setup, "seeds": ""}
                      | {COLUMNS[k]: _cell(k, stats[k]) if k in stats else "" for k in keys})
-    unavailable += _missing_notes(keys, {picked[lb]: r for lb, r in runs.items()}, unavailable)
+    unavailable += _missing_notes(keys, {picked[lb]: r for lb, r in runs.items()}, models, unavailable)
     return Table(pd.DataFrame(raw).set_index("row"), pd.DataFrame(shown).fillna("–"),
-                 _notes(keys, runs, floors, results), unavailable, runs)
+                 _notes(keys, runs, floors, results, bounds), unavailable, runs)
 
 
 def _raw(stats: dict, keys) -> dict:
@@ -269,13 +316,19 @@ def _raw(stats: dict, keys) -> dict:
     return out
 
 
-def _notes(keys, runs: dict, floors: dict, results: Path) -> list[str]:
+def _notes(keys, runs: dict, floors: dict, results: Path, bounds=()) -> list[str]:
+    """The table's footnotes; `bounds`: the per-run frames of the rows whose NLL is ARPG's upper bound."""
     notes = ["± is the standard error of the mean across training seeds (std/√n, n = seeds); with one seed it is "
              "the run's own standard error where the metric has one (NLL: over held-out images; classifier KID, "
              "class accuracy: over samples), else no ± is shown."]
     if "nll" in keys:
         notes.append("NLL / token: teacher-forced held-out NLL (nats per token); for n > 1 it is the exact "
                      "likelihood of what the sampler draws (the product of the within-group conditionals).")
+    if bounds:
+        k = sorted({int(v) for f in bounds if "nll_orders" in f for v in f["nll_orders"].dropna()})
+        notes.append(f"≤ (NLL): ARPG's NLL is the mean over {'/'.join(map(str, k)) or 'K'} random orders per image "
+                     "(an upper bound on the NLL of its mixture over orders), scored with causal training contexts; "
+                     "PAR's is exact.")
     if {"cls_fid", "cls_kid", "class_accuracy"} & set(keys):
         acc = classifier_accuracy(results, runs.values())
         notes.append("classifier FID/KID: on the features of a small classifier trained on the train split"

@@ -1,5 +1,6 @@
 """Statistics over training seeds, numbers printed to the precision of their error bar, and a verdict on each
-claim of the paper's Table 3 computed from those numbers by one stated rule (`RULE`).
+claim of the paper's Table 3 (and on ARPG's claim over Table 2) computed from those numbers by one stated rule
+(`rule_text`).
 
 Pure functions on per-seed values: nothing here reads files or knows an outcome. `par tables` feeds it the
 per-seed values of every table row and writes the verdicts next to the tables.
@@ -101,7 +102,10 @@ def rule_text(tolerance: float = TOLERANCE) -> str:
         "else not resolved. With one seed per model the error bar is the metric's own per-run standard error where "
         "it has one (NLL over held-out images, class accuracy over samples) — it ignores seed-to-seed variation, "
         "so such a verdict is weaker and its seed count a lower bound; a metric with no per-run standard error "
-        "(FID) is **not resolved (one seed, no error bar)**.")
+        "(FID) is **not resolved (one seed, no error bar)**. "
+        "ARPG vs PAR is judged on sample quality only, never on NLL: ARPG's NLL is the mean over random orders, an "
+        "upper bound on its likelihood, while PAR's is exact, so their difference does not say which model is "
+        "better.")
 
 
 def seeds_needed(margin: float, sd_a: float, sd_b: float) -> float:
@@ -151,17 +155,21 @@ NLL = Metric("nll", "NLL / token", True, "nll_se")
 CLASSIFIER_FID = Metric("cls_fid", "classifier FID", True)
 INCEPTION_FID = Metric("fid", "Inception FID", True)  # stands in for the classifier FID when a preset has none
 CLASS_ACCURACY = Metric("class_accuracy", "class accuracy", False, "class_accuracy_se")
+SAMPLE_QUALITY = (CLASSIFIER_FID, INCEPTION_FID, CLASS_ACCURACY)
+ALL_METRICS = (NLL, *SAMPLE_QUALITY)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One pairwise comparison of a claim: row `a` of `table` is better than row `b` (or ≈ b when `similar`)."""
+    """One pairwise comparison of a claim: row `a` of `table` is better than row `b` (or ≈ b when `similar`),
+    judged on those of `metrics` that both rows have."""
 
     claim: str
     table: str
     a: str
     b: str
     similar: bool = False
+    metrics: tuple[Metric, ...] = ALL_METRICS
 
     def text(self) -> str:
         return f"{self.a} ≈ {self.b}" if self.similar else f"{self.a} better than {self.b}"
@@ -182,6 +190,11 @@ CLAIMS = (
     Comparison(_E, "table3e", "L / XXL", "S / L"),
     Comparison(_E, "table3e", "3B", "L / XXL"),
 )
+ARPG_CLAIM = "ARPG vs PAR at equal steps (ARPG's claim: better)"
+# ARPG (arXiv 2503.10568) sampled at PAR's step counts; its NLL is only an upper bound, so sample quality only
+ARPG_CLAIMS = tuple(Comparison(ARPG_CLAIM, "table2", f"ARPG, PAR n={n}'s steps", f"PAR n={n}",
+                               metrics=SAMPLE_QUALITY) for n in (4, 16))
+CLAIMS += ARPG_CLAIMS
 
 COLUMNS = ["claim", "comparison", "metric", "difference", "se", "n_a", "n_b", "error_bar", "verdict",
            "seeds_to_resolve"]
@@ -191,10 +204,11 @@ def _has(frame, key: str) -> bool:
     return frame is not None and key in frame and frame[key].notna().any()
 
 
-def _metrics_for(fa, fb) -> list[Metric]:
-    """NLL, then sample quality: classifier FID (Inception FID when no classifier FID), class accuracy."""
+def _metrics_for(fa, fb, allowed=ALL_METRICS) -> list[Metric]:
+    """NLL, then sample quality: classifier FID (Inception FID when no classifier FID), class accuracy; only
+    those in `allowed`."""
     fid = CLASSIFIER_FID if _has(fa, "cls_fid") and _has(fb, "cls_fid") else INCEPTION_FID
-    return [m for m in (NLL, fid, CLASS_ACCURACY) if _has(fa, m.key) and _has(fb, m.key)]
+    return [m for m in (NLL, fid, CLASS_ACCURACY) if m in allowed and _has(fa, m.key) and _has(fb, m.key)]
 
 
 def _run_se(frame, metric: Metric):
@@ -213,7 +227,7 @@ def judge_claims(runs: Mapping[str, Mapping], claims: Sequence[Comparison] = CLA
     rows = []
     for c in claims:
         fa, fb = runs.get(c.table, {}).get(c.a), runs.get(c.table, {}).get(c.b)
-        for m in _metrics_for(fa, fb) if fa is not None and fb is not None else []:
+        for m in _metrics_for(fa, fb, c.metrics) if fa is not None and fb is not None else []:
             v = judge(fa[m.key].tolist(), fb[m.key].tolist(), lower_is_better=m.lower_is_better, similar=c.similar,
                       se_a=_run_se(fa, m), se_b=_run_se(fb, m), tolerance=tolerance)
             rows.append({"claim": c.claim, "comparison": f"{c.table}: {c.text()}", "metric": m.label, **v})

@@ -155,8 +155,7 @@ def manifest_model(name: str, info: dict | None, manifest: dict):
     with torch.device("meta"):
         return build(model_config("GPT-L", dim=dim, n_layer=info["n_layer"], n_head=info["n_head"], vocab_size=vocab,
                                   num_classes=classes, grid=(side, side), order="arpg",
-                                  **({"ffn_dim_multiplier": info["ffn_dim_multiplier"]}
-                                     if info.get("ffn_dim_multiplier") else {})))
+                                  **{k: info[k] for k in ("multiple_of", "ffn_dim_multiplier") if info.get(k)}))
 
 
 def is_arpg_manifest(manifest: dict) -> bool:

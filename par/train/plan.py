@@ -1,7 +1,9 @@
 """`par plan`: the compute bill of a preset before anything is submitted.
 
 Training FLOPs ≈ 6 · params · tokens (tokens = steps · global batch · sequence length); sampling FLOPs ≈
-2 · params · tokens generated, doubled by classifier-free guidance. GPU-hours follow from the peak bf16
+2 · params · tokens generated, doubled by classifier-free guidance (always for ARPG, whose sampler doubles the
+batch even at scale 1; its content and query streams each pass half the blocks, so N tokens count once).
+Released weights and `trained_as` entries cost no training. GPU-hours follow from the peak bf16
 throughput of an A100 / H100 at an assumed model-FLOPs utilisation (MFU).
 """
 
@@ -18,11 +20,11 @@ IMAGENET_TRAIN_IMAGES = 1_281_167
 def _params(size: str, order: str, n: int, grid, vocab: int, classes: int, regions: int = 0) -> int:
     import torch
 
-    from par.core.model import Transformer, model_config
+    from par.core.model import build, model_config
 
     with torch.device("meta"):
-        return Transformer(model_config(size, grid=tuple(grid), order=order, n=n, vocab_size=vocab,
-                                        num_classes=classes, regions=regions)).num_params
+        return build(model_config(size, grid=tuple(grid), order=order, n=n, vocab_size=vocab, num_classes=classes,
+                                  regions=regions)).num_params
 
 
 def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list[dict]:
@@ -44,13 +46,18 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
     rows = []
     for name, m in sorted(preset["models"].items()):
         train = {**preset["train"], **m}
-        order = Order(tuple(grid), m["order"], m["n"], m.get("initial_sequential", True),
-                      m.get("group_attention", "full"), m.get("regions", 0))
-        params = _params(m["size"], m["order"], m["n"], grid, vocab, classes, m.get("regions", 0))
+        arpg = m["order"] == "arpg"
+        released = bool(m.get("checkpoint") or m.get("checkpoint_url"))
+        g = (16, 16) if arpg and released else tuple(grid)  # ARPG's released weights: 16×16 tokens (256 px)
+        num_tokens = g[0] * g[1]
+        seq_len = num_tokens if arpg else Order(g, m["order"], m["n"], m.get("initial_sequential", True),
+                                                m.get("group_attention", "full"), m.get("regions", 0)).layout.seq_len
+        params = _params(m["size"], m["order"], m["n"], g, vocab, classes, m.get("regions", 0))
         steps = train.get("max_steps") or int(train.get("epochs", 1) * (images // train["global_batch"]))
-        train_flops = 0.0 if m.get("checkpoint") else 6 * params * steps * train["global_batch"] * order.layout.seq_len
+        trained = not (released or m.get("trained_as"))
+        train_flops = 6 * params * steps * train["global_batch"] * seq_len if trained else 0.0
         s = {**preset["sample"], **m}
-        sample_flops = 2 * params * order.num_tokens * s["num_samples"] * (2 if s.get("cfg_scale", 1) > 1 else 1)
+        sample_flops = 2 * params * num_tokens * s["num_samples"] * (2 if arpg or s.get("cfg_scale", 1) > 1 else 1)
         row = {"model": name, "size": m["size"], "n": m["n"], "params": params, "train_steps": steps,
                "train_flops": train_flops, "sample_flops": sample_flops}
         for gpu, peak in (("A100", PEAK_FLOPS["A100"]), ("H100", PEAK_FLOPS["H100"])):
