@@ -1,8 +1,16 @@
-"""`par bench sample`: generation latency/throughput for n ∈ {1, 4, 16} on one architecture.
+"""`par bench sample`: generation latency/throughput for n ∈ {1, 4, 16} on one architecture, and ARPG beside it.
 
-Every variant shares the backbone (random weights; only the n−1 transition embeddings differ), so the
-measured speedup isolates the decoding schedule. The figure of merit is speedup ÷ step ratio: 1.0
+Every PAR / raster variant shares the backbone (random weights; only the n−1 transition embeddings differ), so
+the measured speedup isolates the decoding schedule. The figure of merit is speedup ÷ step ratio: 1.0
 means a parallel step costs no more than a sequential one (the ideal of the paper's latency claim).
+
+ARPG (`par.core.arpg`, the peer row) is a different network (a self-decoder and a cross-decoder of n_layer/2
+blocks each), so it gets its own model of the preset's size (same dim / heads / n_layer, random weights, seed
+0) and is decoded with S ∈ {64, 32, 16} forward calls per image (`SamplingSettings.arpg_steps`; the tokens per
+call follow `arpg_tokens_per_step`). Its speedup and step ratio are measured against the same raster n=1 row.
+A preset size with an odd n_layer is rounded *up* to the next even n_layer for ARPG (never fewer layers than
+the backbone), and the row says so; every row reports its parameter count. S larger than the tokens per image
+is skipped with a note. ARPG's decode has a variable width per call, so `--compile` skips its rows.
 Writes `sample-<preset>[-compile].json` and `.md` under `analysis/bench/`.
 """
 
@@ -42,6 +50,9 @@ PRESETS = {
 
 # (label, order kind, n): the same backbone decoded with each schedule.
 VARIANTS = [("raster n=1", "raster", 1), ("PAR n=4", "par", 4), ("PAR n=16", "par", 16), ("raster-multi n=4", "raster", 4)]
+# ARPG's forward calls per image S (its own model of the same size; see the module docstring)
+ARPG_STEPS = (64, 32, 16)
+ARPG_SEED = 0
 
 
 def _machine(device) -> dict:
@@ -51,16 +62,18 @@ def _machine(device) -> dict:
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):  # a shared machine's other work slows every row (the ratios less so)
+        info["load_average_1_5_15_min"] = [round(x, 2) for x in os.getloadavg()]
     return info
 
 
-def _time_generation(model, batch, preset, device, step_fn) -> float:
+def _time_generation(model, batch, preset, device, step_fn, sampling=None) -> float:
     import torch
 
     from par.config import SamplingSettings
     from par.core.generate import generate
 
-    sc = SamplingSettings(cfg_scale=preset.cfg_scale)
+    sc = SamplingSettings(cfg_scale=preset.cfg_scale, **(sampling or {}))
     gen = torch.Generator(device=device).manual_seed(0)
     labels = torch.randint(0, preset.num_classes, (batch,), device=device, generator=gen)
     if device.type == "cuda":
@@ -117,11 +130,59 @@ def share_backbone(base, cfg, device, dtype):
     return model.eval()
 
 
-def run_sample_bench(preset_name: str, batch_sizes=None, repeats=None, compile_=False, device=None) -> dict:
+def arpg_plan(preset, steps=ARPG_STEPS) -> dict:
+    """Which ARPG step counts run on this preset and which are skipped (S must lie in 1 … N), and the even
+    n_layer of its model. Raises a UserError when steps were asked for and none is valid."""
+    from par.core.model import model_config
+
+    steps = tuple(int(s) for s in steps)
+    if not steps:
+        return {"steps": [], "skipped": [], "n_layer": None, "note": None}
+    num_tokens = 1
+    for g in preset.grid:
+        num_tokens *= g
+    valid = [s for s in steps if 1 <= s <= num_tokens]
+    skipped = [{"variant": f"ARPG S={s}", "reason": f"S={s} is outside 1 … {num_tokens} (the tokens per image)"}
+               for s in steps if s not in valid]
+    if not valid:
+        raise UserError(f"ARPG steps {list(steps)}: none lies in 1 … {num_tokens} (the tokens per image of the "
+                        f"{preset.grid[0]}×{preset.grid[1]} grid); pass --arpg-steps with smaller values, or none")
+    n_layer = model_config(preset.size).n_layer
+    note = None
+    if n_layer % 2:
+        note = (f"{preset.size} has n_layer={n_layer}; ARPG splits its blocks into self-/cross-decoder halves, so "
+                f"its model uses n_layer={n_layer + 1} (rounded up; same dim and heads)")
+        n_layer += 1
+    return {"steps": valid, "skipped": skipped, "n_layer": n_layer, "note": note}
+
+
+def _build_arpg(preset, device, dtype, n_layer):
+    """ARPG's own model of the preset's size (n_layer from `arpg_plan`), random weights from seed ARPG_SEED."""
+    import torch
+
+    from par.core.model import build, model_config
+
+    cfg = model_config(preset.size, grid=preset.grid, order="arpg", n_layer=n_layer,
+                       vocab_size=preset.vocab_size, num_classes=preset.num_classes)
+    torch.manual_seed(ARPG_SEED)
+    with torch.device(device):
+        model = build(cfg)
+    torch.nn.init.normal_(model.head.weight, std=0.02)  # the reference zero-initialises it; as for PAR, not here
+    return model.to(dtype).eval()
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_sample_bench(preset_name: str, batch_sizes=None, repeats=None, compile_=False, device=None,
+                     arpg_steps=ARPG_STEPS) -> dict:
     """Time every variant × batch size. Repeats are interleaved round-robin across variants (after one
     warm-up each), so slow drifts of a shared machine hit every schedule alike instead of biasing the
-    ratio between them; the median per setting is reported."""
+    ratio between them; the median per setting is reported. `arpg_steps`: ARPG's S values (() = none)."""
     import torch
+
+    from par.core.order import arpg_tokens_per_step
 
     preset = PRESETS[preset_name]
     device = torch.device(device or preset.device)
@@ -130,28 +191,47 @@ def run_sample_bench(preset_name: str, batch_sizes=None, repeats=None, compile_=
     dtype = getattr(torch, preset.dtype)
     batch_sizes = batch_sizes or preset.batch_sizes
     repeats = repeats or preset.repeats
-    models = _build_variants(preset, device, dtype, compile_)
-    settings = [(m, b) for m in models for b in batch_sizes]
+    plan = arpg_plan(preset, arpg_steps)
+    skipped = list(plan["skipped"])
+    if compile_ and plan["steps"]:
+        skipped += [{"variant": f"ARPG S={s}", "reason": "--compile: ARPG's decode (a variable number of tokens per "
+                     "call) is not compiled; its eager rows are in the uncompiled bench"} for s in plan["steps"]]
+        plan = {**plan, "steps": []}
+    machine = _machine(device)  # before the runs: the load average the timings started under
+    # (label, order kind, n, model, step_fn, sampling overrides, extra row fields)
+    variants = [(*v, None, {}) for v in _build_variants(preset, device, dtype, compile_)]
+    if plan["steps"]:
+        arpg = _build_arpg(preset, device, dtype, plan["n_layer"])
+        schedule = "arccos"  # SamplingSettings' default, the reference sampler's
+        for S in plan["steps"]:
+            variants.append((f"ARPG S={S}", "arpg", None, arpg, None, {"arpg_steps": S, "arpg_schedule": schedule},
+                             {"forward_calls": S, "arpg_steps": S, "arpg_schedule": schedule,
+                              "tokens_per_step": arpg_tokens_per_step(arpg.num_tokens, S, schedule),
+                              **({"note": plan["note"]} if plan["note"] else {})}))
+    settings = [(v, b) for v in variants for b in batch_sizes]
     times = {i: [] for i in range(len(settings))}
     for r in range(repeats + 1):  # round 0 is warm-up (allocations, compilation)
-        for i, ((_, _, _, model, step_fn), batch) in enumerate(settings):
-            t = _time_generation(model, batch, preset, device, step_fn)
+        for i, ((_, _, _, model, step_fn, sampling, _), batch) in enumerate(settings):
+            t = _time_generation(model, batch, preset, device, step_fn, sampling)
             if r:
                 times[i].append(t)
     rows = []
-    for i, ((label, kind, n, model, _), batch) in enumerate(settings):
+    for i, ((label, kind, n, model, _, _, extra), batch) in enumerate(settings):
         med = statistics.median(times[i])
-        rows.append({"variant": label, "order": kind, "n": n, "batch": batch,
-                     "forward_calls": model.order.num_calls, "seconds_per_batch": med,
+        calls = extra["forward_calls"] if kind == "arpg" else model.order.num_calls
+        rows.append({"variant": label, "order": kind, "n": n, "batch": batch, "forward_calls": calls,
+                     "params": _params(model), "n_layer": model.config.n_layer,
+                     **{k: v for k, v in extra.items() if k != "forward_calls"}, "seconds_per_batch": med,
                      "seconds_per_image": med / batch, "images_per_second": batch / med, "runs": times[i]})
     for r in rows:
-        base = next(b for b in rows if b["n"] == 1 and b["batch"] == r["batch"])
+        base = next(b for b in rows if b["order"] == "raster" and b["n"] == 1 and b["batch"] == r["batch"])
         r["step_ratio"] = base["forward_calls"] / r["forward_calls"]
         r["speedup"] = base["seconds_per_batch"] / r["seconds_per_batch"]
         r["speedup_over_step_ratio"] = r["speedup"] / r["step_ratio"]
     return {"bench": "sample", "preset": preset_name, "config": {**preset.__dict__, "grid": list(preset.grid),
-            "compile": compile_, "repeats": repeats, "batch_sizes": list(batch_sizes)},
-            "machine": _machine(device), "rows": rows, "cost_model": cost_model(rows)}
+            "compile": compile_, "repeats": repeats, "batch_sizes": list(batch_sizes),
+            "arpg": {"steps": plan["steps"], "n_layer": plan["n_layer"], "seed": ARPG_SEED, "note": plan["note"]}},
+            "machine": machine, "rows": rows, "skipped": skipped, "cost_model": cost_model(rows)}
 
 
 def cost_model(rows: list[dict], target: float = 0.9) -> dict:
@@ -159,14 +239,15 @@ def cost_model(rows: list[dict], target: float = 0.9) -> dict:
 
     Every schedule feeds the same tokens through the same layers and attends over the same (query, key)
     pairs, so their FLOPs are equal (up to the n−1 transition tokens); what differs is the number of
-    calls. T = calls·F + C is fitted on raster n=1 and PAR n=16 and checked on the other schedules.
+    calls. T = calls·F + C is fitted on raster n=1 and PAR n=16 and checked on the other schedules of that
+    backbone; ARPG's rows (another network, its own weights) are left out of it.
     speedup ÷ step ratio = (N₁F + C)·N_k / ((N_kF + C)·N₁), which reaches `target` only while
     C/F ≤ N₁N_k(1 − target) / (target·N₁ − N_k): whether it does is a property of the hardware's balance
     of per-call latency against arithmetic, not of the schedule.
     """
     out = {}
     for batch in sorted({r["batch"] for r in rows}):
-        at = {r["variant"]: r for r in rows if r["batch"] == batch}
+        at = {r["variant"]: r for r in rows if r["batch"] == batch and r.get("order") != "arpg"}
         base, fast = at.get("raster n=1"), at.get("PAR n=16")
         if base is None or fast is None:
             continue
@@ -182,24 +263,44 @@ def cost_model(rows: list[dict], target: float = 0.9) -> dict:
 
 def to_markdown(result: dict) -> str:
     c = result["config"]
+    arpg = c.get("arpg") or {}
     lines = [
         f"# Sampling benchmark — preset `{result['preset']}`",
         "",
         f"Model {c['size']} (random weights), grid {c['grid'][0]}×{c['grid'][1]}, vocab {c['vocab_size']}, "
         f"CFG {c['cfg_scale']}, {c['dtype']} on {c['device']}, median of {c['repeats']} runs, compile={c['compile']}.",
         f"Machine: {result['machine']}.",
-        "",
-        "| variant | batch | forward calls | s / image | images / s | speedup vs n=1 | step ratio | speedup ÷ step ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if arpg.get("steps"):
+        lines += ["", f"ARPG rows: its own network (self- + cross-decoder, n_layer {arpg['n_layer']}, same dim and "
+                  f"heads; random weights, seed {arpg['seed']}), S forward calls per image, arccos schedule, CFG "
+                  "batch always doubled; speedup and step ratio against the raster n=1 row."]
+    lines += [
+        "",
+        "| variant | batch | forward calls | n_layer | params | s / batch | s / image | images / s | "
+        "speedup vs raster n=1 | step ratio | speedup ÷ step ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    notes = []
     for r in result["rows"]:
-        lines.append(f"| {r['variant']} | {r['batch']} | {r['forward_calls']} | {r['seconds_per_image']:.4f} | "
+        mark = ""
+        if r.get("note"):
+            if r["note"] not in notes:
+                notes.append(r["note"])
+            mark = "†" * (notes.index(r["note"]) + 1)
+        params = f"{r['params']:,}" if "params" in r else "—"
+        lines.append(f"| {r['variant']} | {r['batch']} | {r['forward_calls']} | {r.get('n_layer', '—')}{mark} | "
+                     f"{params} | {r['seconds_per_batch']:.4f} | {r['seconds_per_image']:.4f} | "
                      f"{r['images_per_second']:.2f} | {r['speedup']:.2f}× | {r['step_ratio']:.2f}× | "
                      f"{r['speedup_over_step_ratio']:.2f} |")
+    for i, note in enumerate(notes):
+        lines += ["", f"{'†' * (i + 1)} {note}."]
+    for sk in result.get("skipped") or []:
+        lines += ["", f"Skipped {sk['variant']}: {sk['reason']}."]
     cm = result.get("cost_model") or {}
     if cm:
         lines += ["", "Cost model T = calls·F + C, fitted on raster n=1 and PAR n=16 (equal FLOPs, different call counts; "
-                  "see `par.eval.bench.cost_model`):", "",
+                  "see `par.eval.bench.cost_model`; ARPG, another network, is not part of it):", "",
                   "| batch | F: s / call | C: compute s / batch | C / F | C / F allowed for ≥ 0.9 at n=16 | "
                   "predicted ÷ ratio, PAR n=4 (measured) |", "|---:|---:|---:|---:|---:|---:|"]
         for batch, m in cm.items():
@@ -221,7 +322,8 @@ def cmd_bench_sample(args) -> int:
     if args.preset not in PRESETS:
         raise UserError(f"--preset {args.preset!r}: choose one of {sorted(PRESETS)}")
     batches = tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else None
-    result = run_sample_bench(args.preset, batches, args.repeats, args.compile, args.device)
+    steps = ARPG_STEPS if args.arpg_steps is None else _parse_steps(args.arpg_steps)
+    result = run_sample_bench(args.preset, batches, args.repeats, args.compile, args.device, steps)
     out, stem = Path(args.out), f"sample-{args.preset}" + ("-compile" if args.compile else "")
     io.write_json(out / f"{stem}.json", result)
     md = to_markdown(result)
@@ -230,14 +332,25 @@ def cmd_bench_sample(args) -> int:
     return 0
 
 
+def _parse_steps(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise UserError(f"--arpg-steps {text!r}: comma-separated integers (e.g. 64,32,16) or none") from None
+
+
 def register(sub):
     p = sub.add_parser("bench", help="benchmarks (writes JSON + markdown under analysis/bench/)")
     bsub = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    s = bsub.add_parser("sample", help="generation latency and throughput for n = 1 / 4 / 16")
+    s = bsub.add_parser("sample", help="generation latency and throughput: n = 1 / 4 / 16, ARPG S = 64 / 32 / 16")
     s.add_argument("--preset", default="cpu-tiny", help=f"one of {sorted(PRESETS)}")
     s.add_argument("--batch-sizes", help="comma-separated batch sizes (default: the preset's latency + throughput)")
     s.add_argument("--repeats", type=int, help="timed runs per setting (median reported)")
     s.add_argument("--device", help="override the preset's device (e.g. cuda:1)")
+    s.add_argument("--arpg-steps", help="ARPG's forward calls per image, comma-separated, or none "
+                   f"(default {','.join(map(str, ARPG_STEPS))}; values above the tokens per image are skipped)")
     s.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on GPU)")
     s.add_argument("--out", default="analysis/bench", help="output directory")
     s.set_defaults(func=cmd_bench_sample)
