@@ -75,6 +75,13 @@ class TrainSettings(ModelSettings):
     precision: str = knob("auto", "auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16",
                           choices=("auto", "fp32", "bf16"))
     compile: bool = knob(False, "torch.compile the training step")
+    parallel: str = knob("auto", "ranks: ddp (each holds the model), fsdp (FSDP2: each holds 1/world of weights, "
+                                 "gradients and AdamW states; bf16 compute on GPU) or auto (fsdp from 1B parameters "
+                                 "on several ranks)", choices=("auto", "ddp", "fsdp"))
+    micro_batch: int = knob(0, "images per forward pass on a rank; the rank's share of global_batch is accumulated "
+                               "in micro-batches of this size (0 = the whole share at once)", minimum=0)
+    activation_checkpointing: bool = knob(False, "recompute each block's activations in the backward pass (memory "
+                                                 "for compute; `par plan` says when a job needs it)")
     ema: bool = knob(False, "keep an fp32 exponential moving average of the weights (reference --ema)")
     ema_decay: float = knob(0.9999, "EMA decay per optimizer step", minimum=0, maximum=1)
     ckpt_every: int = knob(5000, "steps between resumable checkpoints (ckpt.pt)", minimum=1)

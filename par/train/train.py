@@ -1,6 +1,6 @@
 """`par train`: one training entry point for every size × order × n × ablation (paper §4 recipe).
 
-Single process, multi-process DDP on one node and multi-node DDP share this loop; the cluster launch
+Single process, DDP and FSDP2 (one node or several; par/train/parallel.py) share this loop; the cluster launch
 (submitit, requeue on timeout/preemption, re-attach) and the `par train` command live in `par/train/launch.py`.
 
 Exact resumption is designed in, not bolted on: the global batch of step s (which images, which of
@@ -28,6 +28,7 @@ import torch.distributed as dist
 from par import io
 from par.config import TrainJob, TrainSettings
 from par.core.model import ModelConfig, Transformer, build, model_config
+from par.train import parallel
 from par.errors import UserError
 from par.progress import Progress
 
@@ -116,11 +117,15 @@ def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainSettings) -> fl
 # -- distributed -----------------------------------------------------------------------------------
 
 
-def dist_setup() -> tuple[int, int, int]:
-    """(rank, world, local_rank) from torchrun/submitit environment variables; inits the process group."""
+def dist_setup(single_group: bool = False) -> tuple[int, int, int]:
+    """(rank, world, local_rank) from torchrun/submitit environment variables; inits the process group (also for
+    one process with `single_group`: FSDP shards over a process group even when it has one member)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend)
+    elif single_group and not dist.is_initialized():
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -260,12 +265,14 @@ class Run:
     model: Transformer
     opt: torch.optim.Optimizer
     ema: Transformer | None
+    kind: str = "ddp"  # "ddp" (also a single process) or "fsdp"
     fwd: torch.nn.Module | None = None
     step: int = 0
 
     @property
     def ckpt_path(self) -> Path:
-        return self.out / "ckpt.pt"
+        """`ckpt.pt` (one file, DDP / one process) or `ckpt.dcp/` (FSDP: sharded, reshards on load)."""
+        return self.out / ("ckpt.dcp" if self.kind == "fsdp" else "ckpt.pt")
 
 
 def setup_device(local_rank: int, precision: str) -> tuple[torch.device, bool]:
@@ -288,10 +295,18 @@ def load_data(cfg: TrainJob, world: int) -> tuple[TokenArrays, int, int]:
     return data, per_epoch, cfg.max_steps or int(cfg.epochs * per_epoch)
 
 
-def build_model(cfg: TrainJob, mcfg: ModelConfig, device, rank: int):
-    """(model, optimizer, EMA copy or None), initialised from `cfg.seed` alone: identical on every rank."""
+def build_model(cfg: TrainJob, mcfg: ModelConfig, device, rank: int, kind: str = "ddp", amp: bool = False):
+    """(model, optimizer, EMA copy or None), initialised from `cfg.seed` alone: identical on every rank. Under FSDP
+    the model is sharded before the optimizer is made, so AdamW's states are sharded too."""
     torch.manual_seed(cfg.seed)
     model = build(mcfg).to(device)
+    if kind == "fsdp" and cfg.ema:
+        raise UserError("--ema with FSDP: the EMA copy is kept unsharded on rank 0, which is what FSDP avoids; train "
+                        "with --parallel ddp, or without --ema")
+    if cfg.activation_checkpointing:
+        parallel.checkpoint_activations(model)
+    if kind == "fsdp":
+        parallel.shard(model, amp)
     opt = make_optimizer(model, cfg, device)
     # fp32 EMA on rank 0 only: it is the one that saves, and other ranks need not hold a second model copy
     ema = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema and rank == 0 else None
@@ -299,36 +314,55 @@ def build_model(cfg: TrainJob, mcfg: ModelConfig, device, rank: int):
 
 
 def resume(run: Run) -> int:
-    """Load `ckpt.pt` if there is one (weights, EMA, optimizer, this rank's RNG state) and return its step;
-    else seed this rank's dropout stream and return 0. `log.jsonl` is cut back to that step."""
-    if not run.ckpt_path.exists():
+    """Load the checkpoint if there is one (weights, EMA, optimizer, this rank's RNG state) and return its step;
+    else seed this rank's dropout stream and return 0. `log.jsonl` is cut back to that step.
+
+    A sharded checkpoint (`ckpt.dcp/`, FSDP) loads into any world size and strategy. When the world size changed
+    since it was written, the ranks' RNG streams restart from (seed, step, rank): the weights and optimizer
+    continue exactly, dropout and ARPG's orders do not repeat the uninterrupted run's draws."""
+    dcp_path = run.out / "ckpt.dcp"
+    if dcp_path.exists():
+        meta = parallel.load_sharded(dcp_path, run.model, run.opt)
+        step, states = int(meta["step"]), meta["rng"]
+    elif (run.out / "ckpt.pt").exists():
+        ck = io.torch_load(run.out / "ckpt.pt")
+        if run.kind == "fsdp":
+            raise UserError(f"{run.out / 'ckpt.pt'}: written by a DDP run; resume it with --parallel ddp")
+        run.model.load_state_dict(ck["model"])
+        if run.ema is not None:
+            if "ema" not in ck:
+                raise UserError(f"{run.out / 'ckpt.pt'}: written without --ema; resume without it or start a new --out")
+            run.ema.load_state_dict(ck["ema"])
+        run.opt.load_state_dict(ck["optimizer"])
+        step, states = int(ck["step"]), ck["rng"]
+    else:
         torch.manual_seed(run.cfg.seed * run.world + run.rank)  # per-rank dropout streams
         if run.rank == 0:
             _truncate_log(run.out / "log.jsonl", 0)
         return 0
-    ck = io.torch_load(run.ckpt_path)
-    run.model.load_state_dict(ck["model"])
-    if run.ema is not None:
-        if "ema" not in ck:
-            raise UserError(f"{run.ckpt_path}: written without --ema; resume without it or start a new --out")
-        run.ema.load_state_dict(ck["ema"])
-    run.opt.load_state_dict(ck["optimizer"])
-    _set_rng_state(ck["rng"][run.rank])
+    if len(states) == run.world:
+        _set_rng_state(states[run.rank])
+    else:
+        torch.manual_seed(run.cfg.seed * 1_000_003 + 7919 * step + run.rank)
     if run.rank == 0:
-        _truncate_log(run.out / "log.jsonl", int(ck["step"]))
-    return int(ck["step"])
+        _truncate_log(run.out / "log.jsonl", step)
+    return step
 
 
 def wrap_model(run: Run) -> torch.nn.Module:
-    """The forward callable: DDP across ranks when world > 1, compiled with --compile."""
-    ddp = run.model if run.world == 1 else torch.nn.parallel.DistributedDataParallel(
-        run.model, device_ids=[run.local_rank] if run.device.type == "cuda" else None)
-    return torch.compile(ddp) if run.cfg.compile else ddp
+    """The forward callable: DDP across ranks when world > 1 (FSDP is already in place), compiled with --compile."""
+    fwd = run.model if run.kind == "fsdp" else parallel.wrap(run.model, "ddp", run.world, run.local_rank, run.device,
+                                                              run.amp)
+    return torch.compile(fwd) if run.cfg.compile else fwd
 
 
 def save_checkpoint(run: Run) -> None:
-    """`ckpt.pt` at `run.step`, with every rank's RNG state (a collective: all ranks call it)."""
+    """The checkpoint at `run.step`, with every rank's RNG state (a collective: all ranks call it)."""
     states = _all_gather_objects(_rng_state(), run.world)
+    if run.kind == "fsdp":
+        parallel.save_sharded(run.ckpt_path, run.model, run.opt, {"step": run.step, "rng": states, "world": run.world,
+                              "config": {"train": dataclasses.asdict(run.cfg), "model": run.mcfg.to_dict()}}, run.rank)
+        return
     if run.rank == 0:
         io.torch_save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "step": run.step,
                        "config": {"train": dataclasses.asdict(run.cfg), "model": run.mcfg.to_dict()}, "rng": states,
@@ -340,8 +374,9 @@ def save_checkpoint(run: Run) -> None:
 def save_final(run: Run) -> Path:
     """`model.pt`: weights (and EMA) with the model config, loadable with `load_checkpoint`."""
     final = run.out / "model.pt"
+    weights = parallel.full_state_dict(run.model) if run.kind == "fsdp" else run.model.state_dict()
     if run.rank == 0:
-        io.torch_save({"model": run.model.state_dict(), "config": run.mcfg.to_dict(), "step": run.step,
+        io.torch_save({"model": weights, "config": run.mcfg.to_dict(), "step": run.step,
                        **({"ema": run.ema.state_dict()} if run.ema is not None else {})}, final)
     if run.world > 1:
         dist.barrier()
@@ -368,10 +403,17 @@ def train_step(run: Run) -> tuple[float, torch.Tensor, torch.Tensor, int]:
     codes, labels = run.data.batch(run.step, cfg.global_batch, cfg.seed, run.rank, run.world)
     # PAR: codes in the model's order; ARPG: raster codes, permuted per sample inside its forward
     z, labels = run.model.order.to_order(codes).to(run.device), labels.to(run.device)
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp):
-        _, loss = run.fwd(z, labels, targets=z)
-    loss.backward()
-    gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    size = cfg.micro_batch or len(z)
+    chunks = list(zip(z.split(size), labels.split(size)))
+    total = 0.0
+    for i, (zi, yi) in enumerate(chunks):  # gradient accumulation: the global batch at any GPU count
+        with parallel.sync_gradients(run.fwd, run.model, i == len(chunks) - 1):
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.amp and run.kind != "fsdp"):
+                _, loss = run.fwd(zi, yi, targets=zi)
+            (loss * len(zi) / len(z)).backward()
+        total = total + loss.detach() * len(zi) / len(z)
+    loss = total
+    gnorm = parallel.grad_norm(run.model, cfg.grad_clip)
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
     if run.ema is not None:
@@ -433,8 +475,13 @@ def train(cfg: TrainJob) -> Path:
         device, amp = setup_device(local_rank, cfg.precision)
         data, per_epoch, total = load_data(cfg, world)
         mcfg = build_model_config(cfg, data.grid, data.vocab_size, data.num_classes)
-        model, opt, ema = build_model(cfg, mcfg, device, rank)
-        run = Run(cfg, out, rank, world, local_rank, device, amp, data, per_epoch, total, mcfg, model, opt, ema)
+        with torch.device("meta"):
+            num_params = build(mcfg).num_params
+        kind = parallel.strategy(cfg.parallel, num_params, world)
+        if kind == "fsdp":
+            dist_setup(single_group=True)
+        model, opt, ema = build_model(cfg, mcfg, device, rank, kind, amp)
+        run = Run(cfg, out, rank, world, local_rank, device, amp, data, per_epoch, total, mcfg, model, opt, ema, kind)
         run.step = resume(run)
         run.fwd = wrap_model(run)
         peak = _peak_flops(device)
