@@ -389,6 +389,8 @@ class Resources(SlurmPlacement):
     cpus: int = knob(1, "CPUs per task", minimum=1)
     mem_mb: int = knob(2000, "memory in MB", minimum=100)
     runtime: int = knob(30, "time limit in minutes", minimum=1)
+    gpu_mem_gb: float = knob(80.0, "memory of one of its GPUs: `par plan` refuses a training job that does not fit",
+                             minimum=1)
 
     def snakemake(self) -> dict:
         """Snakemake resources, named as snakemake-executor-plugin-slurm reads them."""

@@ -5,6 +5,10 @@ Training FLOPs ≈ 6 · params · tokens (tokens = steps · global batch · sequ
 batch even at scale 1; its content and query streams each pass half the blocks, so N tokens count once).
 Released weights and `trained_as` entries cost no training. GPU-hours follow from the peak bf16
 throughput of an A100 / H100 at an assumed model-FLOPs utilisation (MFU).
+
+Per GPU, each training job is also given what it will hold (`par.train.memory`): weights, gradients, AdamW states
+and activations under its strategy (DDP or FSDP), micro-batch and activation checkpointing, on the GPUs of its
+`resources` entry. A job that does not fit `gpu_mem_gb` is refused, naming the setting that makes it fit.
 """
 
 from __future__ import annotations
@@ -12,19 +16,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from par.errors import UserError
 from par.train.train import PEAK_FLOPS
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
-def _params(size: str, order: str, n: int, grid, vocab: int, classes: int, regions: int = 0) -> int:
+def _network(size: str, order: str, n: int, grid, vocab: int, classes: int, regions: int = 0):
+    """(parameters, parameters of one block, blocks, width) of a model, built on the meta device."""
     import torch
 
     from par.core.model import build, model_config
+    from par.train.parallel import blocks
 
     with torch.device("meta"):
-        return build(model_config(size, grid=tuple(grid), order=order, n=n, vocab_size=vocab, num_classes=classes,
-                                  regions=regions)).num_params
+        model = build(model_config(size, grid=tuple(grid), order=order, n=n, vocab_size=vocab, num_classes=classes,
+                                   regions=regions))
+    parts = blocks(model)
+    return model.num_params, max(sum(p.numel() for p in b.parameters()) for b in parts), len(parts), model.config.dim
 
 
 def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list[dict]:
@@ -52,7 +61,7 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
         num_tokens = g[0] * g[1]
         seq_len = num_tokens if arpg else Order(g, m["order"], m["n"], m.get("initial_sequential", True),
                                                 m.get("group_attention", "full"), m.get("regions", 0)).layout.seq_len
-        params = _params(m["size"], m["order"], m["n"], g, vocab, classes, m.get("regions", 0))
+        params, block, layers, dim = _network(m["size"], m["order"], m["n"], g, vocab, classes, m.get("regions", 0))
         steps = train.get("max_steps") or int(train.get("epochs", 1) * (images // train["global_batch"]))
         trained = not (released or m.get("trained_as"))
         train_flops = 6 * params * steps * train["global_batch"] * seq_len if trained else 0.0
@@ -60,10 +69,32 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
         sample_flops = 2 * params * num_tokens * s["num_samples"] * (2 if arpg or s.get("cfg_scale", 1) > 1 else 1)
         row = {"model": name, "size": m["size"], "n": m["n"], "params": params, "train_steps": steps,
                "train_flops": train_flops, "sample_flops": sample_flops}
+        if trained:
+            row |= _memory(preset, m, train, params, block, layers, dim, vocab, seq_len)
         for gpu, peak in (("A100", PEAK_FLOPS["A100"]), ("H100", PEAK_FLOPS["H100"])):
             row[f"{gpu}_hours"] = (train_flops + sample_flops) / (peak * mfu) / 3600
         rows.append(row)
     return rows
+
+
+def _memory(preset: dict, entry: dict, train: dict, params, block, layers, dim, vocab, seq_len) -> dict:
+    """Per-GPU memory of a training job on the GPUs of its resources entry, and the fix when it does not fit."""
+    from par.config import Preset, check
+    from par.train import memory
+    from par.train.parallel import strategy
+
+    res = check(Preset, {"models": {}, **preset}, "preset").resources_for(entry.get("resources", "train"))
+    world = max(1, res.nodes * res.gpus)
+    share = train["global_batch"] // world
+    job = memory.Job(params, block, layers, dim, vocab, seq_len, world, min(train.get("micro_batch") or share, share),
+                     strategy(train.get("parallel", "auto"), params, world),
+                     bool(train.get("activation_checkpointing", False)))
+    gb = memory.per_gpu(job)
+    fits = not res.gpus or gb["total"] <= res.gpu_mem_gb
+    return {"gpus": world if res.gpus else 0, "strategy": job.strategy, "micro_batch": job.micro_batch,
+            "checkpointing": job.checkpointing, **{f"{k}_gb": v for k, v in gb.items()},
+            "gpu_mem_gb": res.gpu_mem_gb if res.gpus else None,
+            "fix": "" if fits else memory.fix(job, res.gpu_mem_gb)}
 
 
 def cmd_plan(args) -> int:
@@ -74,12 +105,19 @@ def cmd_plan(args) -> int:
     total = df[["train_flops", "sample_flops", "A100_hours", "H100_hours"]].sum()
     show = df.assign(train_flops=df.train_flops.map("{:.2e}".format), sample_flops=df.sample_flops.map("{:.2e}".format),
                      params=df.params.map("{:,}".format), A100_hours=df.A100_hours.map("{:,.1f}".format),
-                     H100_hours=df.H100_hours.map("{:,.1f}".format))
+                     H100_hours=df.H100_hours.map("{:,.1f}".format),
+                     **{c: df[c].map(lambda v: "" if v != v else f"{v:.1f}") for c in df if c.endswith("_gb")})
+    show = show.fillna("").rename(columns=lambda c: c.replace("_gb", " GB").replace("_", " "))
     print(f"Compute plan for preset `{args.preset}` at an assumed MFU of {args.mfu:.0%} (bf16 peak: A100 312, H100 989 "
           "TFLOP/s)\n")
     print(show.to_markdown())
     print(f"\nTotal: {total.train_flops:.2e} training + {total.sample_flops:.2e} sampling FLOPs = "
           f"{total.A100_hours:,.0f} A100-hours or {total.H100_hours:,.0f} H100-hours")
+    refused = df[df["fix"].fillna("").astype(bool)] if "fix" in df else df.iloc[:0]
+    if len(refused):
+        lines = [f"  {m}: {r.total_gb:.0f} GB per GPU > {r.gpu_mem_gb:g} GB on {int(r.gpus)} GPU(s) "
+                 f"({r.strategy}, micro-batch {int(r.micro_batch)}); fix: {r.fix}" for m, r in refused.iterrows()]
+        raise UserError("training jobs that do not fit their GPUs:\n" + "\n".join(lines))
     return 0
 
 
