@@ -282,6 +282,9 @@ class Experiment:
         model, _ = self.split_run(run)
         entry = self._entry(model)
         args = flags(SampleSettings, self._section("sample"), entry, self._seeded("sample", run))
+        gpus = self.preset.resources_for("sample").gpus
+        if gpus > 1:  # one worker per GPU the job holds
+            args += ["--procs", gpus]
         if self.released(model):
             args += ["--size", entry["size"], "--order", entry["order"], "--n", entry["n"]]
         return quoted(args)

@@ -327,7 +327,7 @@ def test_released_arpg_weights_are_downloaded_and_skip_the_nll():
     assert e.model_path("arpg-XL/s0") == "results/paper/downloads/arpg_700m.pt"
     assert e.fetch_args("arpg_700m.pt").startswith("--url https://huggingface.co/hp-l33/ARPG/resolve/main/arpg_700m.pt")
     assert "arpg-XL/s0" in e.runs and "arpg-XL/s0" not in e.nll_runs and "arpg-L-147/s0" in e.nll_runs
-    assert e.sample_args("arpg-XL/s0").endswith("--size GPT-XL --order arpg --n 1")
+    assert e.sample_args("arpg-XL/s0").endswith("--procs 8 --size GPT-XL --order arpg --n 1")
 
 
 def test_plan_bills_arpg_training_once_and_its_released_weights_never(tmp_path):

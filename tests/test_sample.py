@@ -112,3 +112,26 @@ def test_decode_matches_reference_quantisation(tiny_models):
         x = vq.decode_codes(codes, (4, 4))
     ref = torch.clamp(127.5 * x + 128, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(img, ref)
+
+
+def test_worker_processes_split_the_shards_and_give_the_same_samples(tiny_models, tmp_path):
+    """`--procs 2` (a job's GPUs; CPU processes here): every shard made once, by one of the workers, and the
+    packed samples equal one process's."""
+    assert main(_args(tiny_models, tmp_path / "one")) == 0
+    assert main(_args(tiny_models, tmp_path / "two", "--procs", "2")) == 0
+    for name in ("samples.npz", "labels.npy"):
+        a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name)
+        np.testing.assert_array_equal(a["arr_0"] if name.endswith("npz") else a, b["arr_0"] if name.endswith("npz") else b)
+    assert sorted(p.name for p in (tmp_path / "two" / "shards").iterdir()) == [f"samples-0000{k}.npz" for k in range(3)]
+
+
+def test_a_sampling_job_with_several_gpus_runs_a_worker_per_gpu():
+    import yaml
+
+    from par.workflow import Experiment
+
+    cfg = yaml.safe_load(open(__import__("pathlib").Path(__file__).parent.parent / "config.yaml"))
+    cfg["preset"] = "paper"
+    assert "--procs 8" in Experiment(cfg).sample_args("par-L-n4/s0")  # resources.sample: 8 GPUs
+    cfg["preset"] = "tiny"
+    assert "--procs" not in Experiment(cfg).sample_args("par-n4/s0")

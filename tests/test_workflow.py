@@ -223,10 +223,10 @@ def test_train_flags_layer_the_preset_the_model_and_its_resources():
 def test_sample_flags_and_released_checkpoints():
     e = _experiment("paper", lambda p: p["models"]["par-3B-n4"].update(checkpoint="ckpts/PAR 3B.pt"))
     assert e.sample_args("par-XL-n4/s0") == ("--batch-size 32 --cfg-scale 1.5 --compile false --image-size 256 "
-                                             "--num-samples 50000 --seed 0 --shard-size 1000")
+                                             "--num-samples 50000 --seed 0 --shard-size 1000 --procs 8")
     assert e.sample_args("par-3B-n4/s0").endswith(
         "--cfg-scale 1.345 --compile false --image-size 256 --num-samples 50000 --seed 0 --shard-size 1000 "
-        "--size GPT-3B --order par --n 4")
+        "--procs 8 --size GPT-3B --order par --n 4")
     assert e.model_path("par-3B-n4/s0") == "ckpts/PAR 3B.pt"  # not trained
     assert e.runs == [f"{m}/s0" for m in e.models]  # one seed each in the paper preset
     assert e.model_path("par-L-n4/s0") == "results/paper/models/par-L-n4/s0/model.pt"

@@ -2,7 +2,8 @@
 
 N samples are cut into fixed shards; shard k (indices [k·S, (k+1)·S)) draws its random labels and its
 tokens from a generator seeded by (seed, k), so the result does not depend on how many ranks or Slurm
-array tasks share the work. Each shard is written atomically; a rerun after a kill completes only the
+array tasks share the work. A job given k GPUs runs `par sample --procs k`: one worker process per GPU
+(GPU i takes shards i, i+k, …), then the parent packs them. Each shard is written atomically; a rerun after a kill completes only the
 missing shards. `--finalize` (or the process that finds every shard present) packs the ADM-format npz
 (`arr_0`, uint8 N×H×W×3), a class grid PNG (one row per class, the first 10 classes, 10 samples each) and `sampling.json` (settings, steps, latency at batch 1,
 throughput).
@@ -14,6 +15,7 @@ to --image-size → uint8 = clamp(127.5·x + 128, 0, 255), truncated.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -37,7 +39,8 @@ def _setup(job: SampleJob):
     from par.core.model import load_checkpoint, model_config
     from par.data.tokenizer import load_vq
 
-    device = torch.device("cuda" if job.device == "auto" and torch.cuda.is_available() else
+    local = int(os.environ.get("LOCAL_RANK", 0))  # torchrun / --procs: one GPU per worker
+    device = torch.device(f"cuda:{local}" if job.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if job.device == "auto" else job.device))
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
              "fp32": torch.float32}[job.dtype]
@@ -224,12 +227,37 @@ def run(job: SampleJob, shard: int, num_shards: int, do_finalize: bool) -> None:
                 finalize(job, model, vq, device)
 
 
+def _worker(job: SampleJob, i: int, procs: int) -> None:
+    os.environ["LOCAL_RANK"] = str(i)  # this worker's GPU (`_setup`)
+    run(job, i, procs, do_finalize=False)
+
+
+def run_procs(job: SampleJob, procs: int) -> None:
+    """`procs` worker processes on this node (GPU i each, or CPU processes), then pack the shards here."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    workers = [ctx.Process(target=_worker, args=(job, i, procs)) for i in range(procs)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    failed = [i for i, w in enumerate(workers) if w.exitcode]
+    if failed:
+        raise UserError(f"par sample: worker(s) {failed} of {procs} failed (their messages are above); run the same "
+                        "command again to complete the missing shards")
+    run(job, 0, 1, do_finalize=True)  # every shard exists: only the packing is left
+
+
 def cmd_sample(args) -> int:
     job = from_args(SampleJob, args, config_file=args.config)
     if not Path(job.model).exists():
         raise UserError(f"--model {job.model}: checkpoint not found")
     if not Path(job.vq).exists():
         raise UserError(f"--vq {job.vq}: tokenizer checkpoint not found")
+    if args.procs > 1:
+        run_procs(job, args.procs)
+        return 0
     shard, num = (args.shard, args.num_shards) if args.shard is not None else array_task()
     if not 0 <= shard < num:
         raise UserError(f"--shard {shard} must be in [0, --num-shards {num})")
@@ -244,4 +272,6 @@ def register(sub):
     p.add_argument("--shard", type=int, help="this task's index (default: from the Slurm array, or RANK)")
     p.add_argument("--num-shards", type=int, default=1, help="number of parallel tasks sharing the shards")
     p.add_argument("--finalize", action="store_true", help="pack the npz/grid/sampling.json once all shards exist")
+    p.add_argument("--procs", type=int, default=1, help="worker processes on this node, one per GPU (a job's GPUs); "
+                   "they split the shards, then this process packs them (default 1)")
     p.set_defaults(func=cmd_sample)
