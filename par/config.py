@@ -162,7 +162,10 @@ class SamplingSettings:
 class SampleSettings(SamplingSettings):
     """An evaluation sampling run (paper §5: 50k class-conditional samples)."""
 
-    num_samples: int = knob(50_000, "number of samples (random labels)", minimum=1)
+    num_samples: int = knob(50_000, "number of samples", minimum=1)
+    labels: str = knob("random", "class labels of the samples: random (LlamaGen / PAR's protocol) or balanced "
+                                 "(sample i gets class i mod C: 50 per class at 50k, ADM / ARPG's protocol)",
+                       choices=("random", "balanced"))
     shard_size: int = knob(1000, "samples per shard (the unit of restart and parallelism)", minimum=1)
     batch_size: int = knob(32, "images per forward batch", minimum=1)
     seed: int = knob(0, "global seed; shard k uses (seed, k), so results do not depend on the number of tasks")
@@ -468,6 +471,8 @@ class WorkflowConfig:
     """config.yaml: the active preset, the presets, and which models fill which table."""
 
     preset: str = knob("tiny", "name of the active preset under `presets`")
+    allow_unpinned: bool = knob(False, "download released files whose sha256 is not pinned in the config: the first "
+                                       "download pins it in <file>.sha256, which later runs verify")
     results: str = knob("results", "intermediate files: <results>/<preset>/…")
     analysis: str = knob("analysis", "tables, figures and the report (what people read)")
     presets: dict[str, Preset] = knob(factory=dict, help="preset name → preset", required=True)

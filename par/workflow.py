@@ -239,7 +239,7 @@ class Experiment:
 
     def fetch_args(self, file: str) -> str:
         url, sha = self.download_source(file)
-        return quoted(["--url", url, "--sha256", sha])
+        return quoted(["--url", url, "--sha256", sha] + ["--allow-unpinned"] * self.settings.allow_unpinned)
 
     # ---------------------------------------------------------------------------------------- models
 
@@ -275,6 +275,15 @@ class Experiment:
         cluster = self.preset.resources_for(entry.get("resources", "train")).cluster()
         return quoted(flags(TrainSettings, self._section("train"), entry, self._seeded("train", run))
                       + flags(ClusterSettings, cluster))
+
+    def train_request(self, run: str) -> str:
+        """What `par train` will ask the cluster for (submitit, inside the job's shell line), in words: the dry run
+        prints it, since the train rule itself runs on the submit host."""
+        model, _ = self.split_run(run)
+        r = self.preset.resources_for(self._entry(model).get("resources", "train"))
+        where = ", ".join(f"{k} {v}" for k, v in r.placement().items())
+        gpus = f"{r.nodes} node(s) × {r.gpus} GPU(s)" if r.gpus else f"{r.nodes} node(s), no GPU"
+        return f"{gpus}, {r.cpus} CPUs per task, {r.mem_mb // 1000} GB, {r.runtime} min" + (f", {where}" if where else "")
 
     def sample_args(self, run: str) -> str:
         """`par sample`: the preset's `sample` section overlaid with the model's entry and the run's seed; a

@@ -135,3 +135,12 @@ def test_a_sampling_job_with_several_gpus_runs_a_worker_per_gpu():
     assert "--procs 8" in Experiment(cfg).sample_args("par-L-n4/s0")  # resources.sample: 8 GPUs
     cfg["preset"] = "tiny"
     assert "--procs" not in Experiment(cfg).sample_args("par-n4/s0")
+
+
+def test_balanced_labels_give_every_class_its_share(tiny_models, tmp_path):
+    assert main(_args(tiny_models, tmp_path / "b", "--labels", "balanced")) == 0
+    labels = np.load(tmp_path / "b" / "labels.npy")
+    assert labels.tolist() == [i % 5 for i in range(10)]  # 5 classes, 10 samples: 2 each
+    assert main(_args(tiny_models, tmp_path / "r")) == 0
+    assert np.load(tmp_path / "r" / "labels.npy").tolist() != labels.tolist()
+    assert json.loads((tmp_path / "b" / "sampling.json").read_text())["job"]["labels"] == "balanced"

@@ -192,6 +192,9 @@ def test_paper_dry_run_lists_every_training_job_with_gpus(tmp_path):
         assert (f"--out results/paper/models/{m}/s0 " in out) == (m in trained), m
     assert out.count("--gpus-per-node 8") >= len(trained)
     assert "exec par fetch --out results/paper/downloads/arpg_1b.pt" in out  # released ARPG weights
+    # what submitit will ask for is printed per training job (the train rule itself runs on the submit host)
+    assert "train par-3B-n4/s0: par train asks the cluster for 2 node(s) × 8 GPU(s)" in out
+    assert "train par-L-n4/s0: par train asks the cluster for 1 node(s) × 8 GPU(s)" in out
 
 
 # ------------------------------------------------------------------------------------------ par.workflow (no Snakemake)
@@ -248,6 +251,11 @@ def test_paths_downloads_and_resources():
     assert paper.evaluation_reference_flag() == "--reference-stats"
     assert paper.fetch_args("vq_ds16_c2i.pt") == (
         "--url https://huggingface.co/FoundationVision/LlamaGen/resolve/main/vq_ds16_c2i.pt --sha256 ''")
+    from par.workflow import Experiment
+
+    opted_in = Experiment({**yaml.safe_load((ROOT / "config.yaml").read_text()), "preset": "paper",
+                           "allow_unpinned": True})
+    assert opted_in.fetch_args("vq_ds16_c2i.pt").endswith("--sha256 '' --allow-unpinned")
     with pytest.raises(UserError, match="no download configured for x.pt"):
         paper.download_source("x.pt")
     assert paper.resources("sample") == {"mem_mb": 128000, "runtime": 720, "cpus_per_task": 8, "gpu": 8}

@@ -84,7 +84,11 @@ def run_shard(job: SampleJob, k: int, model, vq, device) -> None:
 
     lo, hi = k * job.shard_size, min((k + 1) * job.shard_size, job.num_samples)
     gen = torch.Generator(device=device).manual_seed(job.seed * 1_000_003 + k)
-    labels = torch.randint(0, model.config.num_classes, (hi - lo,), generator=gen, device=device)
+    C = model.config.num_classes
+    if job.labels == "balanced":
+        labels = torch.arange(lo, hi, device=device) % C
+    else:
+        labels = torch.randint(0, C, (hi - lo,), generator=gen, device=device)
     images, tokens = [], []
     t0 = time.perf_counter()
     for b in range(0, hi - lo, job.batch_size):

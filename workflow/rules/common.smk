@@ -42,6 +42,10 @@ def train_args(wildcards):
     return experiment.train_args(wildcards.run)
 
 
+def train_request(wildcards):
+    return experiment.train_request(wildcards.run)
+
+
 def sample_args(wildcards):
     return experiment.sample_args(wildcards.run)
 

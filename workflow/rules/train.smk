@@ -19,6 +19,9 @@ rule train:
         tokens=input_folder,
         out=output_folder,
         args=train_args,
+        request=train_request,
+    message:
+        "train {wildcards.run}: par train asks the cluster for {params.request}"
     threads: 1
     conda:
         "../../envs/par.yaml"
