@@ -237,8 +237,10 @@ class PrepareImagesJob(SplitSettings):
 class DataSettings(SplitSettings):
     """Where a preset's images come from; the held-out split gives the FID reference, the floors and the NLL."""
 
-    source: str = knob("tinyset", "tinyset (generated offline), idx (IDX file pairs such as Fashion-MNIST) or "
-                       "imagefolder (your images)", choices=("tinyset", "idx", "imagefolder"))
+    source: str = knob("tinyset", "tinyset (generated offline), idx (IDX file pairs such as Fashion-MNIST), "
+                       "imagefolder (your images), or none: released weights scored against reference statistics "
+                       "only (no training, NLL, entropy analysis or floors)",
+                       choices=("tinyset", "idx", "imagefolder", "none"))
     tinyset: TinysetSettings = knob(factory=TinysetSettings, help="the tiny set's generator settings")
     reference_seed: int = knob(1, "tinyset: seed of a second, disjoint draw (the held-out split)")
     reference_images: int = knob(0, "held-out images packed into the FID reference (0 = all)", minimum=0)

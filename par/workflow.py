@@ -68,7 +68,8 @@ class Experiment:
         self._check_trained_as()
         # a run = one trained instance of a model: `<model>/s<k>`, k over the entry's seeds (its `trained_as`'s)
         self.runs = [f"{m}/s{k}" for m in self.models for k in range(self.seeds(m))]
-        self.nll_runs = [r for r in self.runs if self.preset.models[self.split_run(r)[0]].score_nll]
+        self.nll_runs = [r for r in self.runs if self.preset.models[self.split_run(r)[0]].score_nll
+                         and self.preset.data.source != "none"]
         self.tables = sorted(self.settings.tables)
         self.config_file = f"{self.results}/{CONFIG_FILE_NAME}"
         data, key = self.preset.data, f"presets.{self.preset_name}"
@@ -77,6 +78,14 @@ class Experiment:
         if data.source == "idx" and not (data.labels and data.heldout_images and data.heldout_labels):
             raise UserError(f"{key}.data: source idx needs labels, heldout_images and heldout_labels (the IDX files "
                             "of the train and test splits)")
+        if data.source == "none":
+            trained = [m for m in self.models if not self.released(m)]
+            if trained:
+                raise UserError(f"{key}.models: {', '.join(trained)} would be trained, but data.source is none; give "
+                                "them checkpoint or checkpoint_url, or set data.source")
+            if not self.reference_stats():
+                raise UserError(f"{key}.data: source none needs reference_stats or reference_stats_url (there are no "
+                                "held-out images to make a reference from)")
         for m in self.models:
             if self.released(m) and self.preset.models[m].seeds != 1:
                 raise UserError(f"{key}.models.{m}.seeds: a released checkpoint is one run; remove seeds")
@@ -155,6 +164,11 @@ class Experiment:
         return True
 
     # ---------------------------------------------------------------------------------------- data and tokenizer
+
+    @property
+    def has_images(self) -> bool:
+        """Whether the preset has images (and so tokens, an entropy analysis, NLL); not for `source: none`."""
+        return self.preset.data.source != "none"
 
     @property
     def uses_tinyset(self) -> bool:
@@ -340,6 +354,10 @@ class Experiment:
         return quoted(["--n", self.preset.entropy.n, *self._estimator()])
 
     # ---------------------------------------------------------------------------------------- scheduling
+
+    def threads(self, stage: str, at_least: int = 1) -> int:
+        """Threads of a stage's jobs (OMP_NUM_THREADS): the CPUs its resources give, never fewer than `at_least`."""
+        return max(at_least, self.preset.resources_for(stage).cpus)
 
     def resources(self, stage: str) -> dict:
         """Snakemake resources of a stage: `resources.<stage>` over `resources.default`."""

@@ -54,3 +54,9 @@ def test_par_plan_prints_memory_and_refuses_a_job_that_does_not_fit(tmp_path, ca
     assert main(["plan", "--config", str(tmp_path / "c.yaml"), "--preset", "paper", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "par-3B-n4: " in err and "on 8 GPU(s)" in err and "fix: activation_checkpointing: true" in err
+
+
+def test_plan_of_the_released_checkpoints_bills_sampling_only(tmp_path, capsys):
+    assert main(["plan", "--preset", "paper-released", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| par-3B-n4 " in out and "Total: 0.00e+00 training" in out

@@ -404,3 +404,47 @@ def test_tiny_dag_through_the_slurm_profile(slurm_env, tmp_path):
     assert (tmp_path / "analysis/tiny/report.md").exists()
     train_record = json.loads((tmp_path / "results/tiny/models/par-n4/s0/job.json").read_text())
     assert train_record["launcher"] == "slurm"  # training went through submitit onto the cluster
+
+
+# ------------------------------------------------------------------------------------------ the paper-released preset
+
+def test_paper_released_dry_run_samples_and_scores_every_released_checkpoint(tmp_path):
+    r = _snakemake("-n", "-p", "all_tables", "--config", "preset=paper-released", "--directory", str(tmp_path),
+                   "-s", str(ROOT / "workflow/Snakefile"), "--configfile", str(ROOT / "config.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    models = yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]["paper-released"]["models"]
+    jobs = _jobs_of_dry_run_output(out)
+    assert jobs["sample"] == jobs["evaluate"] == len(models) and "train" not in jobs and "nll" not in jobs
+    assert "entropy_features" not in jobs and "tokenize" not in jobs  # no images: nothing but the checkpoints
+    assert jobs["fetch"] == len(models) + 2  # the checkpoints, the VQ and ADM's reference batch
+    assert out.count("--procs 8") == len(models) and out.count("gpu=8") == len(models)  # 8 GPUs, 8 workers
+    assert out.count("gpu=1") == len(models)  # one per evaluation
+    assert "exec par tables" in out and "--extra-verdicts" not in out
+
+
+def _jobs_of_dry_run_output(out: str) -> dict:
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {ln.split()[0]: int(ln.split()[1]) for ln in table.splitlines()[3:] if ln.strip()}
+
+
+def test_source_none_trains_nothing_and_needs_reference_statistics():
+    from par.errors import UserError
+
+    with pytest.raises(UserError, match=r"models: extra would be trained, but data.source is none"):
+        _experiment("paper-released", lambda p: p["models"].update(extra={"size": "GPT-L", "order": "par", "n": 4}))
+    with pytest.raises(UserError, match="source none needs reference_stats"):
+        _experiment("paper-released", lambda p: p["data"].pop("reference_stats_url"))
+    e = _experiment("paper-released")
+    assert e.nll_runs == [] and not e.has_images and e.floors == []
+
+
+def test_tables_of_released_checkpoints_put_the_reported_values_beside_ours(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    models = cfg["presets"]["paper-released"]["models"]
+    _fake_results(tmp_path / "res", models)
+    write_tables(ROOT / "config.yaml", "paper-released", tmp_path / "res", tmp_path / "tables")
+    table2 = (tmp_path / "tables" / "table2.md").read_text()
+    for row in ("n=1 (LlamaGen)", "PAR n=4", "PAR n=16", "ARPG-L (released)", "ARPG-XXL (released)"):
+        assert row in table2
+    assert "2.29" in table2 and "1.94" in table2  # PAR-3B-4x's and ARPG-XXL's reported FID, labelled

@@ -46,6 +46,11 @@ PAPER = {
 }
 PAPER_ONLY = {"schedule": "schedule", "cfg_scale": "CFG"}  # reported settings that are no column of ours
 
+def reports_paper(preset_name: str) -> bool:
+    """The ImageNet presets (`paper`, `paper-released`) print the reported values beside theirs."""
+    return preset_name.startswith("paper")
+
+
 COLUMNS = {  # key → header, in table order
     "steps": "steps",
     "seconds_per_image": "s / image",
@@ -368,7 +373,7 @@ def markdown_table(df) -> str:
 
 def _markdown(title: str, table: Table, preset_name: str, results: Path) -> str:
     intro = (f"Preset `{preset_name}`; every value is read from `{results}`."
-             + (" Columns marked (paper) are the paper's reported numbers." if preset_name == "paper" else ""))
+             + (" Columns marked (paper) are the paper's reported numbers." if reports_paper(preset_name) else ""))
     text = f"### {title}\n\n{intro}\n\n{markdown_table(table.shown)}\n\nNotes:\n\n"
     text += "".join(f"- {n}\n" for n in table.notes)
     if table.unavailable:
@@ -418,7 +423,7 @@ def write_tables_for(cfg: dict, preset: dict, preset_name: str, results, out, ex
     results, out = Path(results), Path(out)
     floors, written, runs = read_floors(results), [], {}
     for name, spec in sorted(cfg["tables"].items()):
-        table = build_table(name, spec, preset, results, with_paper=preset_name == "paper", floors=floors)
+        table = build_table(name, spec, preset, results, with_paper=reports_paper(preset_name), floors=floors)
         title = TITLES.get(name, name)
         if table is None:
             io.write_text(out / f"{name}.md",

@@ -37,6 +37,9 @@ def _network(size: str, order: str, n: int, grid, vocab: int, classes: int, regi
 
 
 def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list[dict]:
+    from dataclasses import asdict
+
+    from par.config import SampleSettings, TrainSettings
     from par.core.order import Order
     from par.config import load_config
 
@@ -45,7 +48,7 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
     if manifest.exists():
         m = json.loads(manifest.read_text())
         images, grid, vocab, classes = m["num_images"], m["grid"], m["codebook_size"], m["num_classes"]
-    elif preset_name == "paper":
+    elif preset_name.startswith("paper"):  # ImageNet at 384 px through VQ-16
         images, grid, vocab, classes = IMAGENET_TRAIN_IMAGES, (24, 24), 16384, 1000
     else:
         d = preset["data"].get("tinyset", {})
@@ -54,7 +57,7 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
         grid = (side, side)
     rows = []
     for name, m in sorted(preset["models"].items()):
-        train = {**preset["train"], **m}
+        train = {**asdict(TrainSettings()), **preset.get("train", {}), **m}  # defaults under what is written
         arpg = m["order"] == "arpg"
         released = bool(m.get("checkpoint") or m.get("checkpoint_url"))
         g = (16, 16) if arpg and released else tuple(grid)  # ARPG's released weights: 16×16 tokens (256 px)
@@ -65,7 +68,7 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
         steps = train.get("max_steps") or int(train.get("epochs", 1) * (images // train["global_batch"]))
         trained = not (released or m.get("trained_as"))
         train_flops = 6 * params * steps * train["global_batch"] * seq_len if trained else 0.0
-        s = {**preset["sample"], **m}
+        s = {**asdict(SampleSettings()), **preset.get("sample", {}), **m}
         sample_flops = 2 * params * num_tokens * s["num_samples"] * (2 if arpg or s.get("cfg_scale", 1) > 1 else 1)
         row = {"model": name, "size": m["size"], "n": m["n"], "params": params, "train_steps": steps,
                "train_flops": train_flops, "sample_flops": sample_flops}

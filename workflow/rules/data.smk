@@ -117,7 +117,7 @@ rule train_vq:
         heldout=experiment.heldout_folder,
         out=output_folder,
         args=experiment.vq_train_args(),
-    threads: 2
+    threads: experiment.threads("tokenizer", 2)
     resources:
         **experiment.resources("tokenizer"),
     conda:
@@ -142,7 +142,7 @@ rule tokenize:
         images=experiment.image_folder,
         out=output_folder,
         args=experiment.tokenize_args(),
-    threads: 2
+    threads: experiment.threads("tokenize", 2)
     resources:
         **experiment.resources("tokenize"),
     conda:
@@ -166,7 +166,7 @@ rule tokenize_heldout:
         images=experiment.heldout_folder,
         out=output_folder,
         args=experiment.tokenize_args(),
-    threads: 2
+    threads: experiment.threads("tokenize", 2)
     resources:
         **experiment.resources("tokenize"),
     conda:
@@ -192,7 +192,7 @@ rule train_classifier:
         heldout=experiment.heldout_folder,
         out=output_folder,
         args=experiment.classifier_args(),
-    threads: 2
+    threads: experiment.threads("evaluate", 2)
     resources:
         **experiment.resources("evaluate"),
     conda:

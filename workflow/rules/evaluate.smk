@@ -17,7 +17,7 @@ rule evaluate:
         classifier=lambda w, input: f"--classifier-weights {input.classifier}" if input.classifier else "",
         args=experiment.evaluate_args(),
         meta=lambda w: f"run={w.run}",
-    threads: 2
+    threads: experiment.threads("evaluate", 2)
     resources:
         **experiment.resources("evaluate"),
     conda:
@@ -60,7 +60,7 @@ rule nll:
     params:
         tokens=lambda w, input: os.path.dirname(input.tokens),
         args=experiment.nll_args(),
-    threads: 1
+    threads: experiment.threads("evaluate", 1)
     resources:
         **experiment.resources("evaluate"),
     conda:

@@ -10,7 +10,7 @@ rule tables:
         nll=expand(f"{results}/nll/{{run}}.json", run=experiment.nll_runs),
         floors=expand(f"{results}/floors/{{floor}}.json", floor=experiment.floors),
         classifier=f"{results}/classifier/metrics.json" if experiment.uses_classifier else [],
-        entropy=f"{analysis}/entropy/entropy_summary.json",
+        entropy=f"{analysis}/entropy/entropy_summary.json" if experiment.has_images else [],
     output:
         expand(f"{analysis}/tables/{{table}}.{{ext}}", table=experiment.tables, ext=["md", "csv", "tex"]),
     log:
@@ -21,19 +21,20 @@ rule tables:
         preset=experiment.preset_name,
         results=results_folder,
         out=output_folder,
+        extra=lambda w, input: f"--extra-verdicts {input.entropy}" if input.entropy else "",
     resources:
         **experiment.resources("report"),
     conda:
         "../../envs/par.yaml"
     shell:
         "exec par tables --config {input.config} --preset {params.preset} --results {params.results} "
-        "--out {params.out} --extra-verdicts {input.entropy} > {log} 2>&1"
+        "--out {params.out} {params.extra} > {log} 2>&1"
 
 
 rule report:
     input:
         rules.tables.output,
-        rules.entropy_figures.output,
+        rules.entropy_figures.output if experiment.has_images else [],
         expand(f"{results}/samples/{{run}}/grid.png", run=runs),
         config=config_file,
     output:

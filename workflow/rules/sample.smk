@@ -16,7 +16,7 @@ rule sample:
     params:
         out=output_folder,
         args=sample_args,
-    threads: 1
+    threads: experiment.threads("sample", 1)
     resources:
         **experiment.resources("sample"),
     conda:
