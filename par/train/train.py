@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -51,22 +52,25 @@ def build_model_config(cfg: TrainSettings, grid, vocab_size: int, num_classes: i
 
 @dataclass
 class TokenArrays:
-    """All ten-crop codes in memory: codes (num_images, crops, N) int16, labels (num_images,)."""
+    """All ten-crop codes: codes (num_images, crops, N) int16, memory-mapped (`par.data.packed`: the ranks of a
+    node share one page-cache copy), labels (num_images,)."""
 
-    codes: torch.Tensor
+    codes: np.ndarray
     labels: torch.Tensor
     grid: tuple[int, ...]
     vocab_size: int
     num_classes: int
 
+    def __post_init__(self):
+        if isinstance(self.codes, torch.Tensor):
+            self.codes = self.codes.numpy()
+
     @classmethod
     def load(cls, data_dir: str | Path) -> "TokenArrays":
-        from par.data.shards import TokenShards
+        from par.data.packed import packed
 
-        shards = TokenShards(data_dir)
-        codes, labels = shards.load()
-        return cls(torch.from_numpy(codes), torch.from_numpy(labels), shards.grid, shards.codebook_size,
-                   shards.num_classes)
+        codes, labels, shards = packed(data_dir)
+        return cls(codes, torch.from_numpy(labels), shards.grid, shards.codebook_size, shards.num_classes)
 
     def batch(self, step: int, global_batch: int, seed: int, rank: int = 0, world: int = 1):
         """This rank's share of the global batch of `step`: epoch-wise shuffle (drop_last) and a uniformly
@@ -79,7 +83,8 @@ class TokenArrays:
         crops = torch.randint(0, self.codes.shape[1], (global_batch,),
                               generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919 * step + 1))
         idx, crops = idx[rank::world], crops[rank::world]
-        return self.codes[idx, crops].long(), self.labels[idx].long()
+        rows = np.asarray(self.codes[idx.numpy(), crops.numpy()])  # reads just these rows of the map
+        return torch.from_numpy(rows).long(), self.labels[idx].long()
 
 
 # -- optimisation ----------------------------------------------------------------------------------
