@@ -319,7 +319,8 @@ class TokenizeJob(TokenizeSettings):
 class TokenizeStage(TokenizeSettings):
     """The preset's tokenize section: the settings, and how many cluster tasks share the work."""
 
-    array_tasks: int = knob(1, "parallel tokenization tasks on a cluster (a Slurm array)", minimum=1)
+    array_tasks: int = knob(1, "parallel tokenization jobs (each takes every k-th shard; a cluster runs them "
+                               "side by side), then one job writes the manifest", minimum=1)
 
 
 # ================================================================================================ evaluation and §8

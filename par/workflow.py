@@ -226,6 +226,12 @@ class Experiment:
     def tokenize_args(self) -> str:
         return quoted(flags(TokenizeSettings, self._section("tokenize")))
 
+    @property
+    def tokenize_slots(self) -> list[int]:
+        """The parallel tokenization jobs (`tokenize.array_tasks`); empty for one job, which writes the manifest."""
+        k = self.preset.tokenize.array_tasks
+        return list(range(k)) if k > 1 else []
+
     def vq_path(self) -> str:
         """The VQ tokenizer: a local checkpoint, a released one (downloaded), or the one `train_vq` writes."""
         tok = self.preset.tokenizer

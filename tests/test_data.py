@@ -174,8 +174,10 @@ def test_crop_range_one_encodes_two_crops_and_gives_the_ten_crop_codes(images, v
 
 def test_job_array_slots_match_single_run(images, vq_ckpt, tokens, tmp_path):
     out = tmp_path / "arr"
-    _run(images, vq_ckpt, out, "--shard", "1", "--num-shards", "2")
+    _run(images, vq_ckpt, out, "--shard", "1", "--num-shards", "2", "--summary", str(tmp_path / "slot1.json"))
     assert sorted(p.name for p in out.iterdir()) == [shard_name(1)]  # only k = 1 (mod 2); no manifest yet
+    summary = json.loads((tmp_path / "slot1.json").read_text())  # what the workflow's slot job leaves
+    assert (summary["slot"], summary["slots"], summary["written"], summary["missing"]) == (1, 2, [1], [0, 2])
     with pytest.raises(UserError, match="2 of 3 shards missing"):
         finalize(out)
     assert main(["tokenize", "--finalize", "--out", str(out)]) == 2

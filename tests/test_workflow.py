@@ -192,6 +192,9 @@ def test_paper_dry_run_lists_every_training_job_with_gpus(tmp_path):
         assert (f"--out results/paper/models/{m}/s0 " in out) == (m in trained), m
     assert out.count("--gpus-per-node 8") >= len(trained)
     assert "exec par fetch --out results/paper/downloads/arpg_1b.pt" in out  # released ARPG weights
+    # tokenize.array_tasks: 64 tokenization jobs side by side, then one writes the manifest
+    assert out.count("--num-shards 64 --summary results/paper/tokens/slots/") == 64
+    assert "exec par tokenize --finalize --out results/paper/tokens" in out
     # what submitit will ask for is printed per training job (the train rule itself runs on the submit host)
     assert "train par-3B-n4/s0: par train asks the cluster for 2 node(s) × 8 GPU(s)" in out
     assert "train par-L-n4/s0: par train asks the cluster for 1 node(s) × 8 GPU(s)" in out

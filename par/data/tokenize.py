@@ -368,6 +368,10 @@ def cmd_tokenize(args) -> int:
                  device=job.device or None, workers=None if job.workers < 0 else job.workers)
     for item in s["skipped"]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    if args.summary:
+        from par.io import write_json
+
+        write_json(args.summary, {"slot": shard, "slots": num, **s})
     print(f"shard slot {shard}/{num}: wrote {len(s['written'])} shard(s), kept {len(s['kept'])} complete, "
           f"left {len(s['others'])} to other workers, skipped {len(s['skipped'])} image(s); " +
           (f"manifest {s['manifest']}" if s["manifest"] else
@@ -383,4 +387,5 @@ def register(sub):
     p.add_argument("--shard", type=int, help="this process's slot I: handles shards k ≡ I mod K")
     p.add_argument("--num-shards", type=int, help="number of slots K (parallel processes)")
     p.add_argument("--finalize", action="store_true", help="only (re)build manifest.json from complete shards")
+    p.add_argument("--summary", help="write this slot's summary (shards written, kept, left to others) as JSON")
     p.set_defaults(func=cmd_tokenize)

@@ -36,6 +36,7 @@ config_file = experiment.config_file
 
 wildcard_constraints:
     run=r"[^/]+/s\d+",
+    slot=r"\d+",
 
 
 def train_args(wildcards):

@@ -128,28 +128,72 @@ rule train_vq:
         "> {log} 2>&1"
 
 
-rule tokenize:
-    input:
-        unpack(training_images),
-        vq=experiment.vq_path(),
-    output:
-        f"{results}/tokens/manifest.json",
-    log:
-        f"{results}/logs/tokenize/tokenize.log",
-    benchmark:
-        f"{results}/benchmarks/tokenize/tokenize.tsv"
-    params:
-        images=experiment.image_folder,
-        out=output_folder,
-        args=experiment.tokenize_args(),
-    threads: experiment.threads("tokenize", 2)
-    resources:
-        **experiment.resources("tokenize"),
-    conda:
-        "../../envs/par.yaml"
-    shell:
-        "OMP_NUM_THREADS={threads} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
-        "{params.args} > {log} 2>&1"
+if not experiment.tokenize_slots:
+
+    rule tokenize:
+        input:
+            unpack(training_images),
+            vq=experiment.vq_path(),
+        output:
+            f"{results}/tokens/manifest.json",
+        log:
+            f"{results}/logs/tokenize/tokenize.log",
+        benchmark:
+            f"{results}/benchmarks/tokenize/tokenize.tsv"
+        params:
+            images=experiment.image_folder,
+            out=output_folder,
+            args=experiment.tokenize_args(),
+        threads: experiment.threads("tokenize", 2)
+        resources:
+            **experiment.resources("tokenize"),
+        conda:
+            "../../envs/par.yaml"
+        shell:
+            "OMP_NUM_THREADS={threads} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
+            "{params.args} > {log} 2>&1"
+
+else:  # `tokenize.array_tasks` jobs side by side, slot i taking shards i, i+k, …; then the manifest
+
+    rule tokenize_slot:
+        input:
+            unpack(training_images),
+            vq=experiment.vq_path(),
+        output:
+            f"{results}/tokens/slots/{{slot}}.json",
+        log:
+            f"{results}/logs/tokenize_slot/{{slot}}.log",
+        benchmark:
+            f"{results}/benchmarks/tokenize_slot/{{slot}}.tsv"
+        params:
+            images=experiment.image_folder,
+            out=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
+            args=experiment.tokenize_args(),
+            slots=len(experiment.tokenize_slots),
+        threads: experiment.threads("tokenize", 2)
+        resources:
+            **experiment.resources("tokenize"),
+        conda:
+            "../../envs/par.yaml"
+        shell:
+            "OMP_NUM_THREADS={threads} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
+            "--shard {wildcards.slot} --num-shards {params.slots} --summary {output} {params.args} > {log} 2>&1"
+
+    rule tokenize:
+        input:
+            expand(f"{results}/tokens/slots/{{slot}}.json", slot=experiment.tokenize_slots),
+        output:
+            f"{results}/tokens/manifest.json",
+        log:
+            f"{results}/logs/tokenize/tokenize.log",
+        benchmark:
+            f"{results}/benchmarks/tokenize/tokenize.tsv"
+        params:
+            out=output_folder,
+        conda:
+            "../../envs/par.yaml"
+        shell:
+            "exec par tokenize --finalize --out {params.out} > {log} 2>&1"
 
 
 rule tokenize_heldout:
