@@ -143,3 +143,25 @@ def test_variants_share_one_backbone_and_decode_like_separate_models():
     a = generate(m16, labels, SamplingSettings(cfg_scale=1.5), torch.Generator().manual_seed(0))
     b = generate(plain.eval(), labels, SamplingSettings(cfg_scale=1.5), torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
+
+
+def test_bench_train_measures_the_step_and_names_its_memory_estimate(tmp_path, capsys):
+    from par.cli import main
+
+    assert main(["bench", "train", "--preset", "cpu-tiny", "--steps", "2", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "train-cpu-tiny.json").read_text())
+    assert r["tokens_per_step"] == 8 * (576 + 3) and len(r["step_times"]) == 2  # PAR n=4: N + n − 1 positions
+    assert r["tokens_per_s"] == pytest.approx(r["tokens_per_step"] / r["seconds_per_step"])
+    assert r["model_flops_per_step"] == 6 * r["params"] * r["tokens_per_step"] and r["mfu"] is None  # no CPU peak
+    assert 0 < r["planned_memory_gb"] < 1 and "tokens / s" in (tmp_path / "train-cpu-tiny.md").read_text()
+
+
+def test_bench_train_on_a_gpu_preset_without_a_gpu_names_the_fix(tmp_path, capsys):
+    import torch
+
+    from par.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["bench", "train", "--preset", "paper-L", "--out", str(tmp_path)]) == 2
+    assert "pass --device cpu or --preset cpu-tiny" in capsys.readouterr().err

@@ -354,3 +354,6 @@ def register(sub):
     s.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on GPU)")
     s.add_argument("--out", default="analysis/bench", help="output directory")
     s.set_defaults(func=cmd_bench_sample)
+    from par.train import bench as train_bench
+
+    train_bench.register(bsub)
