@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from par.config import SamplingSettings
-from par.core.model import FeedForward, ModelConfig, RMSNorm, apply_rotary_emb, rope_cell_table
+from par.core.model import Backbone, FeedForward, ModelConfig, RMSNorm, apply_rotary_emb, rope_cell_table
 from par.core.order import arpg_tokens_per_step
 
 
@@ -150,7 +150,7 @@ class DecoderDecoder(nn.Module):
         return q
 
 
-class ARPG(nn.Module):
+class ARPG(Backbone):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.order != "arpg":
@@ -169,22 +169,8 @@ class ARPG(nn.Module):
         self.register_buffer("freqs_cis", rope_table(cfg), persistent=False)
         self.reset_parameters()
 
-    def _apply(self, fn, recurse=True):
-        table = self.freqs_cis  # like the PAR model: RoPE follows the device, never the dtype
-        super()._apply(fn, recurse)
-        self.freqs_cis = table.to(self.freqs_cis.device)
-        return self
-
     def reset_parameters(self):
-        std = self.config.initializer_range
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, mean=0.0, std=std)
-        nn.init.zeros_(self.head.weight)  # the reference zero-initialises the head
-
-    @property
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        self.init_weights(self.head)
 
     # -- inputs ----------------------------------------------------------------------------------
 

@@ -312,7 +312,31 @@ class TransformerBlock(nn.Module):
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
-class Transformer(nn.Module):
+class Backbone(nn.Module):
+    """What the PAR / LlamaGen network and ARPG's share: a float32 RoPE table and LlamaGen's initialisation."""
+
+    def _apply(self, fn, recurse=True):
+        # The reference keeps the RoPE table as a plain float32 attribute, so `model.to(torch.bfloat16)` leaves
+        # it in float32 (bf16 cos/sin would rotate q/k by up to ~0.4 % off). It follows the device, never the dtype.
+        table = self.freqs_cis
+        super()._apply(fn, recurse)
+        self.freqs_cis = table.to(self.freqs_cis.device)
+        return self
+
+    def init_weights(self, head: nn.Linear) -> None:
+        """N(0, initializer_range) for every linear and embedding; the head zero, as both references do."""
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+        nn.init.zeros_(head.weight)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class Transformer(Backbone):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
@@ -345,20 +369,8 @@ class Transformer(nn.Module):
         table = rope_sequence_table(self.order, cfg.head_dim, cfg.rope_base)
         self.register_buffer("freqs_cis", table if device is None else table.to(device), persistent=False)
 
-    def _apply(self, fn, recurse=True):
-        # The reference keeps the RoPE table as a plain float32 attribute, so `model.to(torch.bfloat16)` leaves
-        # it in float32 (bf16 cos/sin would rotate q/k by up to ~0.4 % off). It follows the device, never the dtype.
-        table = self.freqs_cis
-        super()._apply(fn, recurse)
-        self.freqs_cis = table.to(self.freqs_cis.device)
-        return self
-
     def reset_parameters(self):
-        std = self.config.initializer_range
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, mean=0.0, std=std)
-        nn.init.zeros_(self.output.weight)  # LlamaGen zero-initialises the head
+        self.init_weights(self.output)
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -442,9 +454,6 @@ class Transformer(nn.Module):
         h = self._trunk(self.embed(tokens, labels, pos), pos, mask, num_keys)
         return self.output(h).float()
 
-    @property
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 # ---------------------------------------------------------------------------------------------
