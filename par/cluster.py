@@ -6,6 +6,7 @@ One implementation, used by every stage that splits work into shards (tokenize, 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 
@@ -42,3 +43,16 @@ def slurm_available() -> bool:
         return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
     except subprocess.TimeoutExpired:
         return False
+
+
+def machine_info(device) -> dict:
+    """The machine a benchmark ran on: platform, CPUs, torch, the GPU's name, and the load average."""
+    import torch
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):  # a shared machine's other work slows every row (the ratios less so)
+        info["load_average_1_5_15_min"] = [round(x, 2) for x in os.getloadavg()]
+    return info

@@ -10,8 +10,8 @@ import torch
 
 from par.cli import main
 from par.errors import UserError
-from par.core.generate import (SamplingSettings, compile_decode_step, draw_categorical, filter_logits, generate,
-                          guided_call)
+from par.core.generate import SamplingSettings, compile_decode_step, generate, guided_call
+from par.core.sampling import draw_categorical, filter_logits
 from par.core.model import ModelConfig, Transformer, load_checkpoint, model_config
 from par.core.order import Layout, Order, num_forward_calls
 

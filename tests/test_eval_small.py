@@ -356,7 +356,7 @@ def test_nll_images_are_drawn_from_every_class(tmp_path, monkeypatch):
     io.torch_save({"model": gpt.state_dict(), "config": gpt.config.to_dict()}, tmp_path / "model.pt")
     seen = []
     real = N.heldout_nll
-    monkeypatch.setattr(N, "heldout_nll", lambda model, c, y, bs: seen.append(np.asarray(y)) or real(model, c, y, bs))
+    monkeypatch.setattr(N, "heldout_nll", lambda model, c, y, bs, *a: seen.append(np.asarray(y)) or real(model, c, y, bs, *a))
     r = N.run_nll(str(tmp_path / "model.pt"), str(root), str(tmp_path / "nll.json"), NLLSettings(images=20))
     assert r["n_images"] == 20
     assert sorted(set(np.concatenate(seen).tolist())) == [0, 1, 2, 3]  # a fixed draw over the whole split

@@ -36,11 +36,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from par.config import SamplingSettings
-from par.core.model import Backbone, FeedForward, ModelConfig, RMSNorm, apply_rotary_emb, rope_cell_table
+from par.core.layers import Backbone, FeedForward, RMSNorm, apply_rotary_emb, rope_cell_table
+from par.core.sampling import sample_tokens
 from par.core.order import arpg_tokens_per_step
 
 
-def rope_table(cfg: ModelConfig) -> torch.Tensor:
+def rope_table(cfg) -> torch.Tensor:
     """(N+1, hd/2, 2): row 0 all zeros (class token), row 1 + r·L + c = cell (r, c)'s 2D angles."""
     cells = rope_cell_table(cfg.grid, cfg.head_dim, cfg.rope_base)
     return torch.cat([torch.zeros(1, *cells.shape[1:]), cells])
@@ -73,7 +74,7 @@ class Cache:
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg):
         super().__init__()
         self.n_head, self.attn_drop = cfg.n_head, cfg.attn_dropout_p
         self.to_q, self.to_k, self.to_v, self.proj = (nn.Linear(cfg.dim, cfg.dim, bias=False) for _ in range(4))
@@ -90,7 +91,7 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg):
         super().__init__()
         self.n_head, self.attn_drop = cfg.n_head, cfg.attn_dropout_p
         self.to_q = nn.Linear(cfg.dim, cfg.dim, bias=False)
@@ -103,7 +104,7 @@ class CrossAttention(nn.Module):
 
 
 class SelfDecoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg):
         super().__init__()
         self.attn, self.ffn = SelfAttention(cfg), FeedForward(cfg)
         self.attn_norm, self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps), RMSNorm(cfg.dim, cfg.norm_eps)
@@ -114,7 +115,7 @@ class SelfDecoder(nn.Module):
 
 
 class CrossDecoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg):
         super().__init__()
         self.attn, self.ffn = CrossAttention(cfg), FeedForward(cfg)
         self.attn_norm, self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps), RMSNorm(cfg.dim, cfg.norm_eps)
@@ -127,7 +128,7 @@ class CrossDecoder(nn.Module):
 class DecoderDecoder(nn.Module):
     """Self-decoder stack → one shared K/V → cross-decoder stack (reference `Decoder_Decoder`)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg):
         super().__init__()
         self.n_head = cfg.n_head
         self.self_dec = nn.ModuleList(SelfDecoder(cfg) for _ in range(cfg.n_layer // 2))
@@ -151,7 +152,7 @@ class DecoderDecoder(nn.Module):
 
 
 class ARPG(Backbone):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg):
         super().__init__()
         if cfg.order != "arpg":
             raise ValueError(f"ARPG needs order='arpg', got {cfg.order!r}")
@@ -260,8 +261,6 @@ def generate(model: ARPG, labels: torch.Tensor, sampling: SamplingSettings = Sam
     """ARPG sampling (spec §12.3): `sampling.arpg_steps` calls, `arpg_schedule` tokens per call. Returns raster
     tokens (B, N); with `return_logits` also a record of the run (orders, tokens per step, CFG scales, per-step
     guided / cond / uncond logits, tokens in generation order)."""
-    from par.core.generate import sample_tokens
-
     was_training = model.training
     model.eval()
     B, device, N = labels.shape[0], labels.device, model.num_tokens

@@ -11,40 +11,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from par.core import golden_arpg
+from par.core.checks import ATOL_LOGITS, ATOL_LOSS, ATOL_ROPE, Check, _close, _equal
 from par.errors import UserError
 from par.io import torch_load
-
-ATOL_LOGITS, ATOL_LOSS, ATOL_ROPE = 1e-4, 1e-5, 1e-6
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str = ""
-
-
-def _close(name, got, want, atol) -> Check:
-    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
-    if got.shape != want.shape:
-        return Check(name, False, f"shape {got.shape} != {want.shape}")
-    err = float(np.abs(got - want).max()) if got.size else 0.0
-    return Check(name, err <= atol, f"max abs err {err:.2e} (atol {atol:.0e})")
-
-
-def _equal(name, got, want) -> Check:
-    got, want = np.asarray(got), np.asarray(want)
-    if got.shape != want.shape:
-        return Check(name, False, f"shape {got.shape} != {want.shape}")
-    bad = int((got != want).sum())
-    return Check(name, bad == 0, "identical" if not bad else f"{bad} of {got.size} differ")
-
 
 # -- orders.json -----------------------------------------------------------------------------------
 
@@ -276,6 +251,3 @@ def register(sub):
                    "schedule.json, keys/)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every check, not only failures")
     p.set_defaults(func=cmd_check_golden)
-
-
-from par.core import golden_arpg  # noqa: E402 — it imports this module's helpers

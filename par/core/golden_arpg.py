@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from par.core.golden import ATOL_LOGITS, ATOL_LOSS, ATOL_ROPE, Check, _close, _equal
+from par.core.checks import ATOL_LOGITS, ATOL_LOSS, ATOL_ROPE, Check, _close, _equal
 from par.errors import UserError
 from par.io import torch_load
 

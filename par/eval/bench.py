@@ -16,12 +16,11 @@ Writes `sample-<preset>[-compile].json` and `.md` under `analysis/bench/`.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
 
+from par.cluster import machine_info
 from par.errors import UserError
 
 
@@ -53,18 +52,6 @@ VARIANTS = [("raster n=1", "raster", 1), ("PAR n=4", "par", 4), ("PAR n=16", "pa
 # ARPG's forward calls per image S (its own model of the same size; see the module docstring)
 ARPG_STEPS = (64, 32, 16)
 ARPG_SEED = 0
-
-
-def _machine(device) -> dict:
-    import torch
-
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    if hasattr(os, "getloadavg"):  # a shared machine's other work slows every row (the ratios less so)
-        info["load_average_1_5_15_min"] = [round(x, 2) for x in os.getloadavg()]
-    return info
 
 
 def _time_generation(model, batch, preset, device, step_fn, sampling=None) -> float:
@@ -197,7 +184,7 @@ def run_sample_bench(preset_name: str, batch_sizes=None, repeats=None, compile_=
         skipped += [{"variant": f"ARPG S={s}", "reason": "--compile: ARPG's decode (a variable number of tokens per "
                      "call) is not compiled; its eager rows are in the uncompiled bench"} for s in plan["steps"]]
         plan = {**plan, "steps": []}
-    machine = _machine(device)  # before the runs: the load average the timings started under
+    machine = machine_info(device)  # before the runs: the load average the timings started under
     # (label, order kind, n, model, step_fn, sampling overrides, extra row fields)
     variants = [(*v, None, {}) for v in _build_variants(preset, device, dtype, compile_)]
     if plan["steps"]:

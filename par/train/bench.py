@@ -44,7 +44,7 @@ def run_train_bench(name: str, device=None, steps=None, compile_=None, checkpoin
 
     from par.config import TrainSettings
     from par.core.model import build, model_config
-    from par.eval.bench import _machine
+    from par.cluster import machine_info
     from par.train import memory, parallel
     from par.train.train import PEAK_FLOPS, make_optimizer
 
@@ -103,7 +103,7 @@ def run_train_bench(name: str, device=None, steps=None, compile_=None, checkpoin
             "step_times": times, "tokens_per_s": tokens / sec, "model_flops_per_step": flops,
             "mfu": flops / sec / peak if peak else None,
             "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / memory.GiB if dev.type == "cuda" else None,
-            "planned_memory_gb": plan["total"], "machine": _machine(dev)}
+            "planned_memory_gb": plan["total"], "machine": machine_info(dev)}
 
 
 def to_markdown(r: dict) -> str:

@@ -16,7 +16,6 @@ These are estimates, documented as such; `par bench train` measures the real pea
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 GiB = 1024 ** 3
