@@ -21,6 +21,7 @@ COMMANDS = {
     "make-tinyset": ("par.data.tinyset", "offline tiny ImageFolder from scikit-image's bundled photos"),
     "make-reference": ("par.data.reference", "pack real images (ADM centre crop) into an ADM npz for FID"),
     "train-vq": ("par.data.vqtrain", "train a small VQ tokenizer (the CPU presets' stand-in for VQ-16)"),
+    "prepare-video": ("par.data.video", "fixed-length RGB clips (Moving Fashion-MNIST or UCF-101) as clip shards"),
     "tokenize": ("par.data.tokenize", "ten-crop VQ pre-tokenisation of an ImageFolder into shards + manifest"),
     "train-classifier": ("par.eval.classifier", "small CNN on the train split: features for FID/KID, class accuracy"),
     "fetch": ("par.data.fetch", "download a released file with checksum verification (paper preset)"),

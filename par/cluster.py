@@ -35,6 +35,15 @@ def array_task(environ=None) -> tuple[int, int]:
     return 0, 1
 
 
+def array_slot(shard: int | None, num_shards: int | None) -> tuple[int, int]:
+    """This process's (slot, slots): the `--shard/--num-shards` flags where given, else the Slurm array task (or
+    torchrun's rank; else (0, 1))."""
+    index, count = array_task()
+    if shard is not None and num_shards is None and count == 1:
+        raise UserError("--shard needs --num-shards (or a Slurm job array)")
+    return (index if shard is None else shard), (count if num_shards is None else num_shards)
+
+
 def slurm_available() -> bool:
     """A Slurm controller answers (not merely: the client tools are installed)."""
     if not shutil.which("sinfo"):

@@ -251,6 +251,45 @@ class DataSettings(SplitSettings):
     reference_stats_sha256: str = knob("", "expected sha256 of the downloaded reference statistics")
 
 
+VIDEO_SOURCES = ("moving-mnist", "ucf101")
+
+
+@dataclass(kw_only=True)
+class VideoSettings:
+    """A preset's video clips: which source, and the clip shape every source produces."""
+
+    source: str = knob("moving-mnist", "moving-mnist (generated offline from Fashion-MNIST) or ucf101 (AVI files "
+                       "and the official split lists)", choices=VIDEO_SOURCES)
+    frames: int = knob(17, "frames per clip", minimum=1)
+    fps: float = knob(8.0, "clip frame rate: ucf101 picks the source frame nearest to each 1/fps step; "
+                      "moving-mnist only records it", minimum=0.001)
+    size: int = knob(0, "frame side in pixels; 0 → the source's own (moving-mnist 64, ucf101 128)", minimum=0)
+    seed: int = knob(0, "moving-mnist: the images, start positions and directions; ucf101: each video's clip "
+                     "start and the subset")
+    num_videos: int = knob(0, "moving-mnist: clips to generate (0 → one per image of the split); ucf101: keep a "
+                           "fixed random subset of this many videos of the split (0 = all)", minimum=0)
+    shard_size: int = knob(256, "clips per shard file (one unit of work and of resuming)", minimum=1)
+    idx_dir: str = knob("/usr/share/datasets/fashion-mnist", "moving-mnist: folder of the IDX files "
+                        "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (Debian's dataset-fashion-mnist)")
+    items: int = knob(1, "moving-mnist: items bouncing in each clip; the clip's class is the first one's",
+                      minimum=1, maximum=4)
+    speed: float = knob(3.0, "moving-mnist: pixels per frame of every item (random direction)", minimum=0)
+    root: str = knob("", "ucf101: the folder with one sub-folder per class (UCF-101/ of UCF101.rar)")
+    lists: str = knob("", "ucf101: the folder with classInd.txt, trainlist0N.txt, testlist0N.txt; empty → "
+                      "ucfTrainTestlist/ inside root or beside it")
+    split_index: int = knob(1, "ucf101: the official split, 1, 2 or 3", choices=(1, 2, 3))
+
+
+@dataclass(kw_only=True)
+class PrepareVideoJob(VideoSettings):
+    """One `par prepare-video` process (one slot of a Slurm array, or the whole job)."""
+
+    split: str = knob("train", "train or test: moving-mnist draws from the IDX train or t10k files, ucf101 reads "
+                      "trainlist0N or testlist0N", choices=("train", "test"))
+    out: str = knob("", "output folder: clips-*.npz, manifest.json", required=True)
+    workers: int = knob(0, "decoding processes per slot; 0 = in this process", minimum=0)
+
+
 @dataclass(kw_only=True)
 class VQTrainSettings:
     """A small VQ tokenizer trained from scratch (the CPU presets' stand-in for LlamaGen's VQ-16)."""

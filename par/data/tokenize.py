@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from par.cluster import array_task
+from par.cluster import array_slot
 from par.config import TokenizeJob, add_arguments, from_args
 from par.data.crops import BadImage, crop_size, list_images, load_rgb, ten_crop_transform
 from par.data.shards import (CENTRE, CROP_ORDER, FORMAT, MANIFEST, NUM_CROPS, VERSION, check_shard, finalize, read_shard_meta,
@@ -358,11 +358,7 @@ def cmd_tokenize(args) -> int:
     for name in ("images", "vq"):
         if not getattr(job, name):
             raise UserError(f"--{name} is required (or use --finalize --out DIR)")
-    shard, num = array_task()
-    shard = args.shard if args.shard is not None else shard
-    num = args.num_shards if args.num_shards is not None else num
-    if args.shard is not None and args.num_shards is None and num == 1:
-        raise UserError("--shard needs --num-shards (or a Slurm job array)")
+    shard, num = array_slot(args.shard, args.num_shards)
     s = tokenize(job.images, job.vq, job.out, image_size=job.image_size, crop_range=job.crop_range,
                  shard_size=job.shard_size, shard=shard, num_shards=num, batch_size=job.batch_size,
                  device=job.device or None, workers=None if job.workers < 0 else job.workers)
