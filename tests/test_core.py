@@ -35,6 +35,7 @@ def test_orders_match_golden():
     ((24, 24), "par", 16, True, 51),
     ((24, 24), "par", 4, False, 144),  # Table 3(a): no initial sequential phase
     ((24, 24), "raster", 4, True, 147),  # Table 3(d): raster multi
+    ((5, 16, 16), "raster", 1, True, 1280),  # video (Table 4): 5×16×16 tokens
     ((5, 16, 16), "par", 4, True, 323),  # video, spatial-only regions
     ((5, 16, 16), "par", 16, True, 95),
 ])
