@@ -451,3 +451,5 @@ def test_tables_of_released_checkpoints_put_the_reported_values_beside_ours(tmp_
     for row in ("n=1 (LlamaGen)", "PAR n=4", "PAR n=16", "ARPG-L (released)", "ARPG-XXL (released)"):
         assert row in table2
     assert "2.29" in table2 and "1.94" in table2  # PAR-3B-4x's and ARPG-XXL's reported FID, labelled
+    assert "ARPG, 64 steps, cosine schedule (size GPT-XXL), released weights, balanced labels" in table2  # protocol
+    assert "| PAR n=4, released weights " in table2  # PAR's own protocol: random labels

@@ -213,7 +213,9 @@ def model_label(entry: dict, models: dict | None = None, job: dict | None = None
     sizes = Counter(e.get("size") for e in (models or {}).values())
     if entry.get("size") and (not sizes or entry.get("size") != sizes.most_common(1)[0][0]):
         label += f" (size {entry['size']})"
-    return label + (", released weights" if entry.get("checkpoint") or entry.get("checkpoint_url") else "")
+    label += ", released weights" if entry.get("checkpoint") or entry.get("checkpoint_url") else ""
+    # the sample labels: random (LlamaGen / PAR's protocol, the default) or balanced (ADM / ARPG's)
+    return label + (", balanced labels" if (entry | (job or {})).get("labels") == "balanced" else "")
 
 
 def describe(results: Path, models: dict, model: str) -> str:
