@@ -22,6 +22,7 @@ COMMANDS = {
     "make-reference": ("par.data.reference", "pack real images (ADM centre crop) into an ADM npz for FID"),
     "train-vq": ("par.data.vqtrain", "train a small VQ tokenizer (the CPU presets' stand-in for VQ-16)"),
     "prepare-video": ("par.data.video", "fixed-length RGB clips (Moving Fashion-MNIST or UCF-101) as clip shards"),
+    "train-video-vq": ("par.data.video_tokenizer", "train the MAGVIT-v2-style video tokenizer (causal 3D CNN + LFQ)"),
     "tokenize": ("par.data.tokenize", "ten-crop VQ pre-tokenisation of an ImageFolder into shards + manifest"),
     "train-classifier": ("par.eval.classifier", "small CNN on the train split: features for FID/KID, class accuracy"),
     "fetch": ("par.data.fetch", "download a released file with checksum verification (paper preset)"),

@@ -315,6 +315,43 @@ class VQTrainSettings:
 
 
 @dataclass(kw_only=True)
+class VideoVQTrainSettings:
+    """The MAGVIT-v2-style video tokenizer (`par train-video-vq`): a causal 3D CNN and lookup-free quantization."""
+
+    frames: int = knob(17, "clip length trained and evaluated on: 1 + k · the temporal factor (random windows of "
+                           "longer clips)", minimum=1)
+    bits: int = knob(10, "LFQ bits; vocabulary 2^bits (the paper: 16 → 65,536; MAGVIT-v2: 18)", minimum=1)
+    ch: int = knob(8, "base width (the paper's size: 128)", minimum=1)
+    ch_mult: str = knob("1,2,2,4", "width multiplier per level; spatial downsampling 2^(levels − 1)")
+    temporal_downsample: str = knob("0,1,1", "per level transition, 1 = also halve time (0,1,1: 4× → 17 frames to 5)")
+    res_blocks: int = knob(1, "ResBlocks per level (the paper's size: 4)", minimum=1)
+    pad_mode: str = knob("replicate", "causal time padding: repeat the first frame, or zeros",
+                         choices=("replicate", "zeros"))
+    commit_beta: float = knob(0.25, "LFQ commitment weight", minimum=0)
+    entropy_weight: float = knob(0.1, "weight of the entropy penalty (per-sample minus codebook entropy)", minimum=0)
+    entropy_temperature: float = knob(0.01, "τ of the soft code assignment in the entropy terms", minimum=0)
+    entropy_exact_bits: int = knob(10, "codebook entropy exact up to this many bits, else summed over bit groups",
+                                   minimum=1)
+    recon_loss: str = knob("l2", "reconstruction loss (no GAN / perceptual loss)", choices=("l2", "l1"))
+    steps: int = knob(300, "optimizer steps", minimum=1)
+    batch_size: int = knob(4, "clips per step", minimum=1)
+    lr: float = knob(1e-3, "Adam learning rate (cosine to 0)", minimum=0)
+    flip: bool = knob(True, "random horizontal flips")
+    heldout: int = knob(16, "clips held out of training for the metrics", minimum=1)
+    device: str = knob("", "cpu, cuda or cuda:N (default: cuda if available)")
+    seed: int = knob(0, "seed of the split, the weights and the batches")
+
+
+@dataclass(kw_only=True)
+class VideoVQTrainJob(VideoVQTrainSettings):
+    """One `par train-video-vq` run."""
+
+    clips: str = knob("", "clip folder written by `par prepare-video` (the train split)", required=True)
+    test_clips: str = knob("", "the held-out split's clip folder: its PSNR is reported as 'test'")
+    out: str = knob("", "output folder: video_vq.pt, video_vq_metrics.json", required=True)
+
+
+@dataclass(kw_only=True)
 class TokenizerSettings:
     """The preset's VQ tokenizer: a local file, a release to download, or one trained by `par train-vq`."""
 
