@@ -44,6 +44,23 @@ def array_slot(shard: int | None, num_shards: int | None) -> tuple[int, int]:
     return (index if shard is None else shard), (count if num_shards is None else num_shards)
 
 
+def report_slot(summary: dict, shard: int, num: int, summary_path: str | None, unit: str) -> None:
+    """What one slot of a sharded job did, on stdout (and as JSON at `summary_path`, the workflow's marker)."""
+    import sys
+
+    for item in summary["skipped"]:
+        print(f"skipped {item.get('path', item.get('name'))}: {item['reason']}", file=sys.stderr)
+    if summary_path:
+        from par.io import write_json
+
+        write_json(summary_path, {"slot": shard, "slots": num, **summary})
+    s = summary
+    print(f"shard slot {shard}/{num}: wrote {len(s['written'])} shard(s), kept {len(s['kept'])} complete, left "
+          f"{len(s['others'])} to other workers, skipped {len(s['skipped'])} {unit}(s); " +
+          (f"manifest {s['manifest']}" if s["manifest"] else
+           f"{len(s['missing'])} of {s['shards_total']} shards still missing (other slots or workers)"))
+
+
 def slurm_available() -> bool:
     """A Slurm controller answers (not merely: the client tools are installed)."""
     if not shutil.which("sinfo"):

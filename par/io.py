@@ -191,3 +191,15 @@ def torch_load(path: str | Path):
         reason = reason.split("WeightsUnpickler error:", 1)[-1].strip()
         raise UserError(f"{path}: cannot be read with torch.load(weights_only=True); re-save it as a plain state "
                         f"dict ({type(e).__name__}: {reason or str(e).strip().splitlines()[0]})") from None
+
+
+def write_manifest(path: str | Path, manifest: dict) -> Path:
+    """Write a folder's manifest JSON atomically; concurrent writers (the slots of an array) take turns on a claim,
+    each first removing the temp files a killed writer left."""
+    held = try_claim(path, blocking=True)
+    try:
+        remove_stale_temps(path)
+        write_json(path, manifest)
+    finally:
+        held.release()
+    return Path(path)

@@ -34,7 +34,7 @@ import numpy as np
 
 from par.data.shards import ZIP_DATE, _array_headers, _npy_bytes
 from par.errors import UserError
-from par.io import atomic_path, remove_stale_temps, try_claim, write_json
+from par.io import atomic_path, remove_stale_temps, try_claim, write_manifest
 from par.progress import Progress
 
 FORMAT = "par-video-clips"
@@ -270,15 +270,7 @@ def build_manifest(out) -> dict:
 
 def finalize(out) -> Path:
     """(Re)write ``out/manifest.json`` from the shards; writers take turns (a claim on the manifest)."""
-    manifest = build_manifest(out)
-    path = Path(out) / MANIFEST
-    held = try_claim(path, blocking=True)
-    try:
-        remove_stale_temps(path)
-        write_json(path, manifest)
-    finally:
-        held.release()
-    return path
+    return write_manifest(Path(out) / MANIFEST, build_manifest(out))
 
 
 # ----------------------------------------------------------------------------- reading

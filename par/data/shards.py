@@ -32,7 +32,7 @@ import numpy as np
 
 from par.data.crops import crop_size
 from par.errors import UserError
-from par.io import atomic_path, remove_stale_temps, try_claim, write_json
+from par.io import atomic_path, write_manifest
 
 FORMAT = "par-token-shards"
 VERSION = 1
@@ -233,15 +233,7 @@ def build_manifest(out) -> dict:
 def finalize(out) -> Path:
     """(Re)write DIR/manifest.json atomically from the shards; UserError if any shard is missing. Writers
     take turns (a claim on the manifest), each first removing temp files a killed writer left."""
-    manifest = build_manifest(out)
-    path = Path(out) / MANIFEST
-    held = try_claim(path, blocking=True)
-    try:
-        remove_stale_temps(path)
-        write_json(path, manifest)
-    finally:
-        held.release()
-    return path
+    return write_manifest(Path(out) / MANIFEST, build_manifest(out))
 
 
 # ----------------------------------------------------------------------------- the reader

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from par.cluster import array_slot
+from par.cluster import array_slot, report_slot
 from par.config import TokenizeJob, add_arguments, from_args
 from par.data.crops import BadImage, crop_size, list_images, load_rgb, ten_crop_transform
 from par.data.shards import (CENTRE, CROP_ORDER, FORMAT, MANIFEST, NUM_CROPS, VERSION, check_shard, finalize, read_shard_meta,
@@ -362,16 +362,7 @@ def cmd_tokenize(args) -> int:
     s = tokenize(job.images, job.vq, job.out, image_size=job.image_size, crop_range=job.crop_range,
                  shard_size=job.shard_size, shard=shard, num_shards=num, batch_size=job.batch_size,
                  device=job.device or None, workers=None if job.workers < 0 else job.workers)
-    for item in s["skipped"]:
-        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
-    if args.summary:
-        from par.io import write_json
-
-        write_json(args.summary, {"slot": shard, "slots": num, **s})
-    print(f"shard slot {shard}/{num}: wrote {len(s['written'])} shard(s), kept {len(s['kept'])} complete, "
-          f"left {len(s['others'])} to other workers, skipped {len(s['skipped'])} image(s); " +
-          (f"manifest {s['manifest']}" if s["manifest"] else
-           f"{len(s['missing'])} of {s['shards_total']} shards still missing (other slots or workers)"))
+    report_slot(s, shard, num, args.summary, "image")
     return 0
 
 

@@ -10,13 +10,11 @@ one to finish writes the manifest (or ``--finalize`` does).
 from __future__ import annotations
 
 import json
-import sys
 
-from par.cluster import array_slot
+from par.cluster import array_slot, report_slot
 from par.config import VIDEO_SOURCES as SOURCES, PrepareVideoJob, VideoSettings, add_arguments, from_args
 from par.data.clips import MANIFEST, finalize, prepare_clips
 from par.errors import UserError
-from par.io import write_json
 
 def make_source(job: VideoSettings, split: str):
     """The source object `job` describes, every input checked (before anything is written)."""
@@ -45,14 +43,7 @@ def cmd_prepare_video(args) -> int:
     shard, num = array_slot(args.shard, args.num_shards)
     s = prepare_clips(make_source(job, job.split), job.out, shard_size=job.shard_size, shard=shard, num_shards=num,
                       workers=job.workers)
-    for item in s["skipped"]:
-        print(f"skipped {item['name']}: {item['reason']}", file=sys.stderr)
-    if args.summary:
-        write_json(args.summary, {"slot": shard, "slots": num, **s})
-    print(f"shard slot {shard}/{num}: wrote {len(s['written'])} shard(s), kept {len(s['kept'])} complete, left "
-          f"{len(s['others'])} to other workers, skipped {len(s['skipped'])} item(s); " +
-          (f"manifest {s['manifest']}" if s["manifest"] else
-           f"{len(s['missing'])} of {s['shards_total']} shards still missing (other slots or workers)"))
+    report_slot(s, shard, num, args.summary, "item")
     return 0
 
 
