@@ -44,6 +44,14 @@ def array_slot(shard: int | None, num_shards: int | None) -> tuple[int, int]:
     return (index if shard is None else shard), (count if num_shards is None else num_shards)
 
 
+def add_slot_arguments(p) -> None:
+    """The flags of a command whose shards are split over slots (an array): which slot, and the last step."""
+    p.add_argument("--shard", type=int, help="this process's slot I: handles shards k ≡ I mod K")
+    p.add_argument("--num-shards", type=int, help="number of slots K (parallel processes)")
+    p.add_argument("--finalize", action="store_true", help="only (re)build manifest.json from complete shards")
+    p.add_argument("--summary", help="write this slot's summary (shards written, kept, left to others) as JSON")
+
+
 def report_slot(summary: dict, shard: int, num: int, summary_path: str | None, unit: str) -> None:
     """What one slot of a sharded job did, on stdout (and as JSON at `summary_path`, the workflow's marker)."""
     import sys

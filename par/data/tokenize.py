@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from par.cluster import array_slot, report_slot
+from par.cluster import add_slot_arguments, array_slot, report_slot
 from par.config import TokenizeJob, add_arguments, from_args
 from par.data.crops import BadImage, crop_size, list_images, load_rgb, ten_crop_transform
 from par.data.shards import (CENTRE, CROP_ORDER, FORMAT, MANIFEST, NUM_CROPS, VERSION, check_shard, finalize, read_shard_meta,
@@ -371,8 +371,5 @@ def register(sub):
                        description="Ten-crop VQ tokenisation (spec §8.1). Resumable; runs as a Slurm job array "
                                    "(--shard/--num-shards default to the array task's index and count).")
     add_arguments(p, TokenizeJob)
-    p.add_argument("--shard", type=int, help="this process's slot I: handles shards k ≡ I mod K")
-    p.add_argument("--num-shards", type=int, help="number of slots K (parallel processes)")
-    p.add_argument("--finalize", action="store_true", help="only (re)build manifest.json from complete shards")
-    p.add_argument("--summary", help="write this slot's summary (shards written, kept, left to others) as JSON")
+    add_slot_arguments(p)
     p.set_defaults(func=cmd_tokenize)

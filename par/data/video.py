@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from par.cluster import array_slot, report_slot
+from par.cluster import add_slot_arguments, array_slot, report_slot
 from par.config import VIDEO_SOURCES as SOURCES, PrepareVideoJob, VideoSettings, add_arguments, from_args
 from par.data.clips import MANIFEST, finalize, prepare_clips
 from par.errors import UserError
@@ -53,8 +53,5 @@ def register(sub):
                                    "manifest.json. Resumable; runs as a Slurm job array (--shard/--num-shards "
                                    "default to the array task's index and count).")
     add_arguments(p, PrepareVideoJob)
-    p.add_argument("--shard", type=int, help="this process's slot I: handles shards k ≡ I mod K")
-    p.add_argument("--num-shards", type=int, help="number of slots K (parallel processes)")
-    p.add_argument("--finalize", action="store_true", help="only (re)build manifest.json from complete shards")
-    p.add_argument("--summary", help="write this slot's summary (shards written, kept, left to others) as JSON")
+    add_slot_arguments(p)
     p.set_defaults(func=cmd_prepare_video)
