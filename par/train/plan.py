@@ -110,7 +110,7 @@ def cmd_plan(args) -> int:
                      params=df.params.map("{:,}".format), A100_hours=df.A100_hours.map("{:,.1f}".format),
                      H100_hours=df.H100_hours.map("{:,.1f}".format),
                      **{c: df[c].map(lambda v: "" if v != v else f"{v:.1f}") for c in df if c.endswith("_gb")})
-    show = show.fillna("").rename(columns=lambda c: c.replace("_gb", " GB").replace("_", " "))
+    show = show.astype(object).fillna("").rename(columns=lambda c: c.replace("_gb", " GB").replace("_", " "))
     print(f"Compute plan for preset `{args.preset}` at an assumed MFU of {args.mfu:.0%} (bf16 peak: A100 312, H100 989 "
           "TFLOP/s)\n")
     print(show.to_markdown())
