@@ -19,9 +19,11 @@ rule train:
         tokens=input_folder,
         out=output_folder,
         args=train_args,
-        request=train_request,
+    # shown, not used: a resource (unlike a param) is no rerun trigger, and a local rule's resources ask nothing
+    resources:
+        submitit=train_request,
     message:
-        "train {wildcards.run}: par train asks the cluster for {params.request}"
+        "train {wildcards.run}: par train asks the cluster for {resources.submitit}"
     threads: 1
     conda:
         "../../envs/par.yaml"
