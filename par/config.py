@@ -274,6 +274,8 @@ class VideoSettings:
     items: int = knob(1, "moving-mnist: items bouncing in each clip; the clip's class is the first one's",
                       minimum=1, maximum=4)
     speed: float = knob(3.0, "moving-mnist: pixels per frame of every item (random direction)", minimum=0)
+    item_size: int = knob(28, "moving-mnist: item side in pixels (the 28-px images, resized when smaller)", minimum=4,
+                          maximum=28)
     root: str = knob("", "ucf101: the folder with one sub-folder per class (UCF-101/ of UCF101.rar)")
     lists: str = knob("", "ucf101: the folder with classInd.txt, trainlist0N.txt, testlist0N.txt; empty → "
                       "ucfTrainTestlist/ inside root or beside it")
@@ -349,6 +351,64 @@ class VideoVQTrainJob(VideoVQTrainSettings):
     clips: str = knob("", "clip folder written by `par prepare-video` (the train split)", required=True)
     test_clips: str = knob("", "the held-out split's clip folder: its PSNR is reported as 'test'")
     out: str = knob("", "output folder: video_vq.pt, video_vq_metrics.json", required=True)
+
+
+@dataclass(kw_only=True)
+class VideoTokenizeSettings:
+    """Video pre-tokenization (`par tokenize-video`): every clip and its horizontal flip, one token shard per
+    clip shard."""
+
+    batch_size: int = knob(8, "clips per tokenizer forward", minimum=1)
+    flip: bool = knob(True, "also the horizontally flipped clip (a second 'crop': training draws one of the two)")
+    device: str = knob("", "cpu, cuda or cuda:N (default: cuda if available)")
+
+
+@dataclass(kw_only=True)
+class VideoTokenizeJob(VideoTokenizeSettings):
+    """One `par tokenize-video` process (one slot of a Slurm array, or the whole job)."""
+
+    clips: str = knob("", "clip folder written by `par prepare-video`", required=True)
+    vq: str = knob("", "video tokenizer checkpoint (`par train-video-vq`)", required=True)
+    out: str = knob("", "output folder: shard-*.npz (the `par tokenize` format, grid t×h×w) + manifest.json",
+                    required=True)
+
+
+@dataclass(kw_only=True)
+class VideoTokenizerSettings:
+    """The preset's video tokenizer: a local checkpoint, or one trained by `par train-video-vq`."""
+
+    checkpoint: str = knob("", "a local video tokenizer checkpoint (skips training)")
+    train: VideoVQTrainSettings = knob(factory=VideoVQTrainSettings, help="settings of `par train-video-vq`")
+
+
+@dataclass(kw_only=True)
+class FVDSettings:
+    """FVD of a preset's video samples: TF-Hub's Kinetics-400 I3D logits against a fixed draw of train clips."""
+
+    frames: int = knob(16, "frames of every clip the I3D sees, the first F (16 of 17, as MAGVIT); 0 = all",
+                       minimum=0)
+    reference_clips: int = knob(0, "train clips of the reference statistics: a fixed random draw of this many; 0 = "
+                                   "the whole train split (MAGVIT's protocol)", minimum=0)
+    floor_clips: int = knob(0, "held-out clips of the floors (real clips, and through the tokenizer = rFVD); 0 = no "
+                               "floors", minimum=0)
+    batch_size: int = knob(8, "clips per I3D forward", minimum=1)
+    bootstrap: int = knob(50, "resamples of the generated clips for the standard error of one run's FVD", minimum=0)
+    device: str = knob("cpu", "torch device of the I3D")
+
+
+@dataclass(kw_only=True)
+class VideoStage:
+    """The video half of a preset (Table 4): clips, the video tokenizer, its tokens and FVD. Models with
+    `modality: video` train and sample on it."""
+
+    clips: VideoSettings = knob(factory=VideoSettings, help="the clips of both splits (`par prepare-video`)")
+    heldout_videos: int = knob(0, "held-out (test split) clips: moving-mnist generates this many, ucf101 keeps a "
+                                  "fixed random subset (0 = one per image / all)", minimum=0)
+    tokenizer: VideoTokenizerSettings = knob(factory=VideoTokenizerSettings, help="the video tokenizer")
+    tokenize: VideoTokenizeSettings = knob(factory=VideoTokenizeSettings, help="video pre-tokenization")
+    array_tasks: int = knob(1, "parallel jobs of clip making and of tokenization (each takes every k-th shard)",
+                            minimum=1)
+    fvd: FVDSettings = knob(factory=FVDSettings, help="FVD (Table 4)")
 
 
 @dataclass(kw_only=True)
@@ -502,6 +562,8 @@ class ModelEntryExtras:
     seeds: int = knob(1, "training runs with seeds seed, seed+1, …; tables report mean ± standard error",
                       minimum=1)
     resources: str = knob("train", "name of the resources entry of its training job")
+    modality: str = knob("images", "what the model generates: images (the preset's image tokens) or video (the "
+                                   "tokens of its `video` section; Table 4)", choices=("images", "video"))
 
 
 def _model_entry_class():
@@ -536,6 +598,7 @@ class Preset:
     classifier: ClassifierSettings = knob(factory=ClassifierSettings, help="the feature classifier of the metrics")
     nll: NLLSettings = knob(factory=NLLSettings, help="held-out NLL per token")
     entropy: EntropySettings = knob(factory=EntropySettings, help="§8 entropy analysis")
+    video: VideoStage = knob(factory=VideoStage, help="the video half (models with modality: video)")
     resources: dict[str, Resources] = knob(factory=lambda: {"default": Resources()},
                                            help="stage name → scheduler request; `default` applies to every stage")
 

@@ -18,8 +18,8 @@ import shlex
 from pathlib import Path
 
 from par.config import (ClassifierSettings, ClusterSettings, EvaluateSettings, NLLSettings, SampleSettings,
-                        SplitSettings, TinysetSettings, TokenizeSettings, TrainSettings, VQTrainSettings,
-                        check_workflow_config, flags)
+                        SplitSettings, TinysetSettings, TokenizeSettings, TrainSettings, VideoSettings,
+                        VideoTokenizeSettings, VideoVQTrainSettings, VQTrainSettings, check_workflow_config, flags)
 from par.errors import UserError
 
 CONFIG_FILE_NAME = "workflow-config.yaml"
@@ -68,8 +68,13 @@ class Experiment:
         self._check_trained_as()
         # a run = one trained instance of a model: `<model>/s<k>`, k over the entry's seeds (its `trained_as`'s)
         self.runs = [f"{m}/s{k}" for m in self.models for k in range(self.seeds(m))]
+        # the video half (Table 4): models with `modality: video` train on the tokens of the `video` section
+        self.video_models = [m for m in self.models if self.is_video(m)]
+        self.image_models = [m for m in self.models if not self.is_video(m)]
+        self.video_runs = [r for r in self.runs if self.is_video(self.split_run(r)[0])]
+        self.image_runs = [r for r in self.runs if r not in self.video_runs]
         self.nll_runs = [r for r in self.runs if self.preset.models[self.split_run(r)[0]].score_nll
-                         and self.preset.data.source != "none"]
+                         and (self.preset.data.source != "none" or r in self.video_runs)]
         self.tables = sorted(self.settings.tables)
         self.config_file = f"{self.results}/{CONFIG_FILE_NAME}"
         data, key = self.preset.data, f"presets.{self.preset_name}"
@@ -78,8 +83,8 @@ class Experiment:
         if data.source == "idx" and not (data.labels and data.heldout_images and data.heldout_labels):
             raise UserError(f"{key}.data: source idx needs labels, heldout_images and heldout_labels (the IDX files "
                             "of the train and test splits)")
-        if data.source == "none":
-            trained = [m for m in self.models if not self.released(m)]
+        if data.source == "none" and self.image_models:
+            trained = [m for m in self.image_models if not self.released(m)]
             if trained:
                 raise UserError(f"{key}.models: {', '.join(trained)} would be trained, but data.source is none; give "
                                 "them checkpoint or checkpoint_url, or set data.source")
@@ -108,6 +113,11 @@ class Experiment:
                 raise UserError(f"{key}.{m}.seeds: it samples the runs of {target!r}, which has {t.seeds}; remove "
                                 "seeds")
 
+    def is_video(self, model: str) -> bool:
+        """Whether `model` generates video (its entry, or the entry it is `trained_as`, says modality: video)."""
+        entry = self.preset.models[model]
+        return "video" in (entry.modality, self.preset.models[entry.trained_as].modality if entry.trained_as else "")
+
     def seeds(self, model: str) -> int:
         target = self.preset.models[model].trained_as
         return self.preset.models[target or model].seeds
@@ -126,6 +136,14 @@ class Experiment:
             out.append((f"{key}.data.reference_stats", data.reference_stats, "file"))
         if tok.checkpoint:
             out.append((f"{key}.tokenizer.checkpoint", tok.checkpoint, "file"))
+        if self.has_video and self.preset.video.tokenizer.checkpoint:
+            out.append((f"{key}.video.tokenizer.checkpoint", self.preset.video.tokenizer.checkpoint, "file"))
+        clips = self.preset.video.clips
+        if self.has_video and clips.source == "ucf101":
+            out += [(f"{key}.video.clips.{k}", getattr(clips, k), "folder") for k in ("root", "lists")
+                    if getattr(clips, k)]
+            if not clips.root:
+                raise UserError(f"{key}.video.clips.root: required for source ucf101 (the UCF-101/ folder)")
         out += [(f"{key}.models.{m}.checkpoint", self._entry(m)["checkpoint"], "file") for m in self.models
                 if self._entry(m).get("checkpoint")]
         return out
@@ -261,6 +279,75 @@ class Experiment:
         url, sha = self.download_source(file)
         return quoted(["--url", url, "--sha256", sha] + ["--allow-unpinned"] * self.settings.allow_unpinned)
 
+    # ---------------------------------------------------------------------------------------- video (Table 4)
+
+    @property
+    def has_video(self) -> bool:
+        return bool(self.video_models)
+
+    def _video(self, *keys) -> dict:
+        d = self._section("video")
+        for k in keys:
+            d = d.get(k) or {}
+        return d
+
+    def prepare_video_args(self, split: str) -> str:
+        """`par prepare-video`: the clip settings; the held-out split has its own count (`heldout_videos`)."""
+        clips = self._video("clips")
+        heldout = {"num_videos": self.preset.video.heldout_videos} if split == "test" else {}
+        return quoted(["--split", split] + flags(VideoSettings, clips, heldout))
+
+    @property
+    def video_slots(self) -> list[int]:
+        """Parallel clip-making and tokenization jobs (`video.array_tasks`); empty for one job."""
+        k = self.preset.video.array_tasks
+        return list(range(k)) if k > 1 else []
+
+    def video_vq_path(self) -> str:
+        return self.preset.video.tokenizer.checkpoint or f"{self.results}/video/vq/video_vq.pt"
+
+    def video_vq_train_args(self) -> str:
+        """`par train-video-vq`: its settings, trained on clips of the preset's length unless it sets `frames`."""
+        return quoted(flags(VideoVQTrainSettings, {"frames": self.preset.video.clips.frames},
+                            self._video("tokenizer", "train")))
+
+    def video_tokenize_args(self) -> str:
+        return quoted(flags(VideoTokenizeSettings, self._video("tokenize")))
+
+    def fvd_args(self) -> str:
+        f = self.preset.video.fvd
+        return quoted(["--frames", f.frames, "--batch-size", f.batch_size, "--bootstrap", f.bootstrap,
+                       "--device", f.device])
+
+    def fvd_stats_args(self) -> str:
+        f = self.preset.video.fvd
+        return quoted(["--max-clips", f.reference_clips, "--frames", f.frames, "--batch-size", f.batch_size,
+                       "--device", f.device])
+
+    @property
+    def video_floors(self) -> list[str]:
+        """Table 4's floors: held-out real clips, and the same through the video tokenizer (rFVD)."""
+        return ["real", "recon"] if self.has_video and self.preset.video.fvd.floor_clips else []
+
+    def video_floor_args(self) -> str:
+        return quoted(["--max-clips", self.preset.video.fvd.floor_clips])
+
+    def run_pattern(self, video: bool) -> str:
+        """A `{run}` wildcard regex matching exactly the image runs or the video runs (their metrics come from
+        different rules: `par evaluate` or `par fvd`)."""
+        import re
+
+        models = self.video_models if video else self.image_models
+        return "(" + "|".join(re.escape(m) for m in models) + r")/s\d+" if models else "(?!)"
+
+    def tokens_manifest(self, run: str, heldout: bool = False) -> str:
+        """The token manifest a run trains on (or, `heldout`, is scored on): the image or the video tokens."""
+        folder = ("video/" if self.is_video(self.split_run(run)[0]) else "") + ("tokens_heldout" if heldout else "tokens")
+        return f"{self.results}/{folder}/manifest.json"
+
+    def tokenizer_path(self, run: str) -> str:
+        return self.video_vq_path() if self.is_video(self.split_run(run)[0]) else self.vq_path()
+
     # ---------------------------------------------------------------------------------------- models
 
     def released(self, model: str) -> str:
@@ -326,7 +413,7 @@ class Experiment:
 
     @property
     def uses_classifier(self) -> bool:
-        return self.preset.evaluate.classifier and not self.reference_stats()
+        return self.preset.evaluate.classifier and not self.reference_stats() and bool(self.image_models)
 
     # ---------------------------------------------------------------------------------------- evaluation
 

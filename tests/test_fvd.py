@@ -313,3 +313,137 @@ def test_fvd_command_writes_json_and_reuses_reference_stats(model, tmp_path, mon
     assert args.func(args) == 0
     again = json.loads((tmp_path / "fvd2.json").read_text())
     assert again["fvd"] == pytest.approx(result["fvd"], abs=1e-6) and again["reference_clips"] is None
+    assert (again["n_samples"], again["n_reference"]) == (2, 2)  # the count stored with the statistics
+
+
+# ------------------------------------------------------------------ par fvd as a workflow stage, par fvd-stats
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="par")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fvd_mod.register(sub)
+    fvd_mod.register_stats(sub)
+    return parser
+
+
+def _run(*argv):
+    args = _parser().parse_args(list(argv))
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    """A `par prepare-video` folder of 6 random clips (10 frames, 16×16) in 3 shards, and the clips themselves."""
+    from par.data.clips import prepare_clips
+
+    data = np.random.default_rng(5).integers(0, 256, (6, 10, 16, 16, 3), dtype=np.uint8)
+
+    class Source:
+        name, class_names = "random", ["a", "b"]
+        items = [(f"v{i}", i % 2) for i in range(6)]
+
+        def settings(self):
+            return {"frames": 10, "fps": 8.0, "size": 16}
+
+        def clip(self, i):
+            return data[i]
+
+    out = tmp_path_factory.mktemp("fvd-clips") / "clips"
+    prepare_clips(Source(), out, shard_size=2, progress=False)
+    return out, data
+
+
+def test_bootstrap_se_is_seeded_and_positive():
+    rng = np.random.default_rng(0)
+    gen, ref = rng.normal(size=(40, 6)), rng.normal(0.5, 1.0, size=(50, 6))
+    stats_b = fvd_mod.statistics(ref)
+    a = fvd_mod.bootstrap_se(gen, stats_b, 20, seed=1)
+    assert a > 0 and a == fvd_mod.bootstrap_se(gen, stats_b, 20, seed=1)
+    assert a != fvd_mod.bootstrap_se(gen, stats_b, 20, seed=2)
+    # the SE of an FVD from 4× the clips is about half as large
+    big = fvd_mod.bootstrap_se(rng.normal(size=(160, 6)), stats_b, 200, seed=1)
+    assert 0.3 < big / fvd_mod.bootstrap_se(rng.normal(size=(40, 6)), stats_b, 200, seed=1) < 0.8
+    with pytest.raises(UserError, match="--bootstrap 1"):
+        fvd_mod.bootstrap_se(gen, stats_b, 1)
+
+
+def test_draw_is_a_seeded_permutation_with_disjoint_stretches():
+    first, rest = fvd_mod.draw(10, 4, seed=3), fvd_mod.draw(10, 0, seed=3, offset=4)
+    assert np.array_equal(np.sort(np.concatenate([first, rest])), np.arange(10))
+    assert np.array_equal(first, fvd_mod.draw(10, 4, seed=3)) and not np.array_equal(first, fvd_mod.draw(10, 4, seed=4))
+    with pytest.raises(UserError, match="--max-clips 8 from --offset 4: only 10 clips"):
+        fvd_mod.draw(10, 8, offset=4)
+    with pytest.raises(UserError, match="--offset 10"):
+        fvd_mod.draw(10, 1, offset=10)
+
+
+def test_clip_views_read_folders_and_first_frames(clip_folder, tmp_path):
+    folder, data = clip_folder
+    view = fvd_mod.open_clips(folder, frames=9)
+    assert view.shape == (6, 9, 16, 16, 3) and len(view) == 6
+    np.testing.assert_array_equal(np.asarray(view), data[:, :9])
+    np.testing.assert_array_equal(np.array(view[2:5], dtype=np.uint8), data[2:5, :9])  # how i3d.logits reads
+    np.testing.assert_array_equal(np.asarray(view.subset([4, 1])), data[[4, 1], :9])
+    np.save(tmp_path / "c.npy", data)
+    np.testing.assert_array_equal(np.asarray(fvd_mod.open_clips(tmp_path / "c.npy")[1:3]), data[1:3])
+    with pytest.raises(UserError, match="--frames 11: --generated .* 10 frames"):
+        fvd_mod.open_clips(folder, frames=11, flag="--generated")
+
+
+def test_statistics_file_round_trip_and_a_frames_mismatch_is_refused(clip_folder, tmp_path):
+    folder, data = clip_folder
+    mu, sigma = np.arange(400.0), np.eye(400)
+    fvd_mod.write_stats(tmp_path / "s.npz", mu, sigma, n=7, frames=16, seed=2, clips="x")
+    clips, stats = fvd_mod.load_reference(tmp_path / "s.npz")
+    assert clips is None and (stats["n"], stats["frames"]) == (7, 16) and np.array_equal(stats["mu"], mu)
+    np.savez(tmp_path / "old.npz", mu=mu, sigma=sigma)  # written before n/frames were stored
+    assert fvd_mod.load_reference(tmp_path / "old.npz")[1]["n"] is None
+    assert isinstance(fvd_mod.load_reference(folder)[0], fvd_mod.Clips)
+    np.savez(tmp_path / "gen.npz", clips=data)
+    with pytest.raises(UserError, match="statistics of 16-frame clips, but the generated clips give 10.*--frames 16"):
+        _run("fvd", "--generated", str(tmp_path / "gen.npz"), "--reference", str(tmp_path / "s.npz"),
+             "--out", str(tmp_path / "f.json"))
+    with pytest.raises(UserError, match="--bootstrap 1"):
+        _run("fvd", "--generated", str(tmp_path / "gen.npz"), "--reference", str(folder), "--out",
+             str(tmp_path / "f.json"), "--bootstrap", "1")
+    with pytest.raises(UserError, match="--meta 'oops': expected KEY=VALUE"):
+        _run("fvd", "--generated", str(tmp_path / "gen.npz"), "--reference", str(folder), "--out",
+             str(tmp_path / "f.json"), "--meta", "oops")
+    assert not (tmp_path / "f.json").exists()
+
+
+def test_fvd_stats_round_trip_folder_reference_bootstrap_and_meta(model, clip_folder, tmp_path, monkeypatch):
+    """fvd-stats of a seeded draw == the direct FVD against those clips; a folder reference; --frames; the record
+    `par tables` reads (metrics, n_samples, n_reference, meta); a positive bootstrap SE. Every clip's logits are
+    computed once here, and the commands get the loaded network (the I3D is the slow part on a CPU)."""
+    monkeypatch.setattr(i3d, "load_i3d", lambda *a, **k: model)
+    folder, data = clip_folder
+    gen = np.random.default_rng(9).integers(0, 256, (3, 10, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "gen.npz", clips=gen)
+    logits_gen, logits_data = i3d.logits(model, gen[:, :9]), i3d.logits(model, data[:, :9])
+    picked = np.sort(fvd_mod.draw(6, 4, seed=3))
+    stats_gen = fvd_mod.statistics(logits_gen)
+
+    assert _run("fvd-stats", "--clips", str(folder), "--out", str(tmp_path / "ref.npz"), "--max-clips", "4",
+                "--seed", "3", "--frames", "9") == 0
+    with np.load(tmp_path / "ref.npz") as z:
+        assert (int(z["n"]), int(z["frames"]), int(z["seed"]), int(z["max_clips"])) == (4, 9, 3, 4)
+    assert _run("fvd", "--generated", str(tmp_path / "gen.npz"), "--frames", "9", "--bootstrap", "4", "--seed", "1",
+                "--reference", str(tmp_path / "ref.npz"), "--out", str(tmp_path / "r.json"),
+                "--meta", "steps=15", "--meta", "commit=0123") == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    stats_picked = fvd_mod.statistics(logits_data[picked])
+    assert r["metrics"]["fvd"] == pytest.approx(fvd_mod.distance(stats_gen, stats_picked), abs=1e-6)
+    assert r["fvd"] == r["metrics"]["fvd"]
+    assert r["metrics"]["fvd_se"] == pytest.approx(fvd_mod.bootstrap_se(logits_gen, stats_picked, 4, seed=1), rel=1e-6)
+    assert r["metrics"]["fvd_se"] > 0
+    assert (r["n_samples"], r["n_reference"], r["reference_clips"], r["frames"]) == (3, 4, None, 9)
+    assert r["meta"] == {"steps": "15", "commit": "0123"} and r["settings"]["bootstrap"] == 4
+
+    assert _run("fvd", "--generated", str(tmp_path / "gen.npz"), "--frames", "9", "--bootstrap", "0",
+                "--reference", str(folder), "--out", str(tmp_path / "folder.json")) == 0
+    f = json.loads((tmp_path / "folder.json").read_text())
+    assert (f["n_samples"], f["n_reference"], f["frames"]) == (3, 6, 9) and f["metrics"]["fvd_se"] is None
+    expected = fvd_mod.distance(stats_gen, fvd_mod.statistics(logits_data))
+    assert f["metrics"]["fvd"] == pytest.approx(expected, abs=1e-6)

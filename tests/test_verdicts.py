@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from par.analysis.verdicts import (ARPG_CLAIM, CLAIMS, SAMPLE_QUALITY, Comparison, format_pm, judge, judge_claims,
-                                   mean_se, rule_text, seeds_needed, to_markdown)
+from par.analysis.verdicts import (ARPG_CLAIM, CLAIMS, SAMPLE_QUALITY, VIDEO_CLAIMS, VIDEO_RULE, Comparison, format_pm,
+                                   judge, judge_claims, mean_se, rule_text, seeds_needed, to_markdown)
 
 
 def _seeds(mean: float, sd: float, n: int) -> list[float]:
@@ -150,7 +150,7 @@ def test_extra_rows_are_appended_and_claims_come_from_data():
     mine = (Comparison("(z) mine", "t", "x", "y"),)
     df = judge_claims({"t": {"x": _frame(nll=_seeds(2.0, 0.01, 3)), "y": _frame(nll=_seeds(1.0, 0.01, 3))}}, mine)
     assert list(df.verdict) == ["contradicted"]
-    assert {c.table for c in CLAIMS} == {"table2", "table3a", "table3b", "table3c", "table3d", "table3e"}
+    assert {c.table for c in CLAIMS} == {"table2", "table3a", "table3b", "table3c", "table3d", "table3e", "table4"}
 
 
 def test_arpg_vs_par_is_judged_on_sample_quality_never_on_nll():
@@ -197,3 +197,59 @@ def test_markdown_states_difference_seeds_and_seeds_to_resolve():
     assert re.search(r"-0\.[12] ± 0\.2 ", md)  # -0.15 ± 0.163: the SE rounds to 0.2, the mean to its place
     assert "3 / 3" in md and "≈ 15" in md and "—" in md
     assert "2·SE(d)" in rule_text() and "±5%" in rule_text()
+
+
+# ------------------------------------------------------------------------------------------ Table 4 (video)
+
+SIMILAR = "Table 4: video n=4 ≈ n=1 (paper FVD 99.5 vs 94.1)"
+WORSE = "Table 4: video n=16 worse than n=4 (paper 103.4 vs 99.5)"
+
+
+def _video(nll, fvd, fvd_se=None, nll_se=None):
+    n = len(fvd)
+    cols = {"nll": nll, "fvd": fvd} | ({"fvd_se": [fvd_se] * n} if fvd_se is not None else {}) \
+        | ({"nll_se": [nll_se] * n} if nll_se is not None else {})
+    return pd.DataFrame(cols)
+
+
+def test_table4_claims_are_judged_on_nll_and_fvd():
+    runs = {"table4": {"PAR-1×": _video(_seeds(2.00, 0.01, 3), _seeds(50.0, 1.0, 3)),
+                       "PAR-4×": _video(_seeds(2.01, 0.01, 3), _seeds(50.5, 1.0, 3)),
+                       "PAR-16×": _video(_seeds(2.30, 0.01, 3), _seeds(60.0, 1.0, 3))}}
+    df = judge_claims(runs)
+    got = {(r.claim, r.comparison, r.metric): r.verdict for r in df.itertuples()}
+    assert got == {
+        (SIMILAR, "table4: PAR-4× ≈ PAR-1×", "NLL / token"): "reproduced",  # 0.01 ± 0.016 inside ±0.1
+        (SIMILAR, "table4: PAR-4× ≈ PAR-1×", "FVD"): "reproduced",  # 0.5 ± 1.6 inside ±2.5
+        (WORSE, "table4: PAR-4× better than PAR-16×", "NLL / token"): "reproduced",
+        (WORSE, "table4: PAR-4× better than PAR-16×", "FVD"): "reproduced",  # −9.5 ± 1.6
+    }
+    # the other way round: PAR-16× better than PAR-4× on FVD contradicts the claim
+    flipped = {"table4": runs["table4"] | {"PAR-16×": _video(_seeds(2.30, 0.01, 3), _seeds(40.0, 1.0, 3))}}
+    v = judge_claims(flipped).set_index(["comparison", "metric"])["verdict"]
+    assert v[("table4: PAR-4× better than PAR-16×", "FVD")] == "contradicted"
+
+
+def test_table4_with_one_seed_uses_the_bootstrap_se_and_can_stay_unresolved():
+    # one seed each: FVD's error bar is the run's bootstrap SE; 52 vs 50 ± hypot(3, 3) = 4.2 cannot tell
+    runs = {"table4": {"PAR-1×": _video([2.00], [50.0], fvd_se=3.0, nll_se=0.002),
+                       "PAR-4×": _video([2.01], [52.0], fvd_se=3.0, nll_se=0.002),
+                       "PAR-16×": _video([2.02], [55.0], fvd_se=3.0, nll_se=0.002)}}
+    df = judge_claims(runs).set_index(["comparison", "metric"])
+    fvd = df.loc[("table4: PAR-4× ≈ PAR-1×", "FVD")]
+    assert fvd["verdict"] == "not resolved" and fvd["error_bar"] == "per-run SE (one seed)"
+    assert fvd["se"] == pytest.approx(math.hypot(3.0, 3.0)) and fvd["seeds_to_resolve"] > 1
+    assert df.loc[("table4: PAR-4× better than PAR-16×", "FVD"), "verdict"] == "not resolved"  # −3 ± 8.5
+    # without its bootstrap SE a one-seed FVD has no error bar at all
+    bare = {"table4": {k: v.drop(columns="fvd_se") for k, v in runs["table4"].items()}}
+    v = judge_claims(bare).set_index(["comparison", "metric"])["verdict"]
+    assert v[("table4: PAR-4× ≈ PAR-1×", "FVD")] == "not resolved (one seed, no error bar)"
+
+
+def test_fvd_is_judged_only_where_both_rows_have_it_and_the_rule_says_how():
+    runs = {"table4": {"PAR-1×": _video(_seeds(2.00, 0.01, 3), _seeds(50.0, 1.0, 3)),
+                       "PAR-4×": _video(_seeds(2.01, 0.01, 3), [float("nan")] * 3)}}
+    df = judge_claims(runs)
+    assert list(df.metric) == ["NLL / token"]  # PAR-4× has no FVD; PAR-16× is absent: that claim is skipped
+    assert {c.table for c in VIDEO_CLAIMS} == {"table4"} and len(VIDEO_CLAIMS) == 2
+    assert VIDEO_RULE.strip() in rule_text(video=True) and "FVD" not in rule_text()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pandas as pd
 import yaml
 
 from par.analysis.tables import PAPER, write_tables
@@ -453,3 +454,44 @@ def test_tables_of_released_checkpoints_put_the_reported_values_beside_ours(tmp_
     assert "2.29" in table2 and "1.94" in table2  # PAR-3B-4x's and ARPG-XXL's reported FID, labelled
     assert "ARPG, 64 steps, cosine schedule (size GPT-XXL), released weights, balanced labels" in table2  # protocol
     assert "| PAR n=4, released weights " in table2  # PAR's own protocol: random labels
+
+
+# ------------------------------------------------------------------------------------------ the video half (Table 4)
+
+def mini_video_config(tmp_path: Path) -> Path:
+    """The tiny preset's video part alone (its image models dropped, `data.source: none`), fewer clips and steps."""
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    t = cfg["presets"]["tiny"]
+    t["data"] = {"source": "none"}
+    t["models"] = {k: v for k, v in t["models"].items() if v.get("modality") == "video"}
+    t["train"].update(max_steps=20, ckpt_every=10, launcher="inprocess")
+    for m in t["models"].values():
+        m.update(num_samples=16, batch_size=16)
+    v = t["video"]
+    v["clips"].update(num_videos=120, shard_size=60)
+    v["heldout_videos"] = 40
+    v["tokenizer"]["train"].update(steps=20, heldout=8)
+    v["fvd"].update(reference_clips=24, floor_clips=16, bootstrap=5)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return tmp_path / "config.yaml"
+
+
+@pytest.mark.slow
+def test_video_dag_end_to_end_gives_table4_then_is_up_to_date(tmp_path, i3d_weights, fashion_mnist):
+    mini_video_config(tmp_path)
+    r = _snakemake("all_tables", "--cores", "2", "-s", str(ROOT / "workflow/Snakefile"), "--directory",
+                   str(tmp_path), timeout=1800)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    table4 = (tmp_path / "analysis/tiny/tables/table4.md").read_text()
+    for row in ("PAR-1×", "PAR-4×", "PAR-16×", "floor: real clips", "floor: tokenizer reconstruction (rFVD)"):
+        assert row in table4, row
+    csv = pd.read_csv(tmp_path / "analysis/tiny/tables/table4.csv").set_index("row")
+    assert list(csv.loc[["PAR-1×", "PAR-4×", "PAR-16×"], "steps"]) == [192, 51, 27]  # 3×8×8 tokens
+    assert (csv.loc[["PAR-1×", "PAR-4×", "PAR-16×"], "fvd"] > 0).all()
+    assert csv.loc[["PAR-1×", "PAR-4×", "PAR-16×"], "nll"].notna().all()
+    report = (tmp_path / "analysis/tiny/report.md").read_text()
+    assert "Video (Table 4)" in report and ".gif" in report
+    assert (tmp_path / "results/tiny/samples/video-n4/s0/grid.mp4").stat().st_size > 0
+    m = json.loads((tmp_path / "results/tiny/video/tokens/manifest.json").read_text())
+    assert m["grid"] == [3, 8, 8] and m["crop_order"] == ["center", "hflip-center"]
+    assert _jobs_of_dry_run(tmp_path) == {}

@@ -4,8 +4,10 @@ It stitches together what the other stages wrote: the verdicts and tables (`par 
 peer row) when the preset has it, a speed-vs-quality figure (steps and seconds per image vs sample quality and NLL,
 mean ± SE over seeds; ARPG as red diamonds), one sample grid per model,
 the entropy maps, the tokenizer's and the feature classifier's numbers, and the exact configuration and git commit
-that produced them. Everything it links is copied under the analysis folder, so the report reads the same from a
-fresh clone (results/ is not committed).
+that produced them. A preset with video models (`modality: video`) adds a "Video (Table 4)" section: Table 4, its
+verdicts, the video tokenizer and its floors, a speed-vs-FVD figure and each model's samples (an animated GIF and
+the filmstrip); a preset with video models only has that section alone. Everything it links is copied under the
+analysis folder, so the report reads the same from a fresh clone (results/ is not committed).
 """
 
 from __future__ import annotations
@@ -61,9 +63,15 @@ def git_provenance(analysis: str | Path = "analysis", cwd: str | Path | None = N
 # ------------------------------------------------------------------------------------------ figures
 
 
-def _all_runs(preset: dict, results: Path) -> dict:
-    """model → its per-run frame (`tables.model_runs`)."""
-    return {m: tables.model_runs(results, m, e)[0] for m, e in tables.entries(preset).items()}
+def _all_runs(preset: dict, results: Path, kind: str | None = None) -> dict:
+    """model → its per-run frame (`tables.model_runs`); `kind`: only the models of that modality."""
+    return {m: tables.model_runs(results, m, e)[0] for m, e in tables.entries(preset).items()
+            if kind is None or tables.modality(e) == kind}
+
+
+def _models_of(preset: dict, kind: str) -> list[str]:
+    """The preset's models of modality `kind` ("images" or "video")."""
+    return [m for m, e in tables.entries(preset).items() if tables.modality(e) == kind]
 
 
 def _styles(models: dict) -> dict[str, dict]:
@@ -94,18 +102,20 @@ def _floor_lines(ax, floors: dict[str, float]) -> None:
         ax.text(0.01, 0.01, "\n".join(off), transform=ax.transAxes, fontsize=7, va="bottom", color="0.3")
 
 
-def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = None) -> Path | None:
-    """Sample quality (classifier FID, else Inception FID) and NLL against steps and against seconds per image:
-    one point per model, mean ± SE over its seeds (ARPG: red diamonds, its NLL an upper bound); floors as dashed
-    lines; axes fitted to the data."""
+def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = None,
+               kind: str = "images") -> Path | None:
+    """Sample quality (classifier FID, else Inception FID; FVD for video) and NLL against steps and against seconds
+    per image (per clip): one point per model of modality `kind`, mean ± SE over its seeds (ARPG: red diamonds, its
+    NLL an upper bound); that modality's floors as dashed lines; axes fitted to the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = summary or {m: tables.summarize(r) for m, r in _all_runs(preset, results).items()}
+    if summary is None:
+        summary = {m: tables.summarize(r) for m, r in _all_runs(preset, results, kind).items()}
     has = lambda k: [m for m, s in summary.items() if k in s and s[k].n]  # noqa: E731
-    quality = "cls_fid" if has("cls_fid") else "fid"
+    quality = "fvd" if kind == "video" else "cls_fid" if has("cls_fid") else "fid"
     ys = [(k, tables.COLUMNS[k]) for k in (quality, "nll") if has(k)]
     if not ys:
         return None
@@ -113,11 +123,12 @@ def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = No
     styles, labels = _styles(models), {m: tables.describe(results, models, m) for m in summary}
     if any(tables.is_arpg(models[m]) for m in has("nll")):
         ys = [(k, label + " (ARPG: upper bound)" if k == "nll" else label) for k, label in ys]
-    floors = {f: tables.summarize(fr) for f, fr in tables.read_floors(results).items()}
+    floors = {f: tables.summarize(fr) for f, fr in tables.read_floors(results, kind).items()}
     fig, axes = plt.subplots(len(ys), 2, figsize=(10, 3.6 * len(ys)), squeeze=False)
+    unit = "clip" if kind == "video" else "image"
     for row, (ykey, ylabel) in enumerate(ys):
         for col, (xkey, xlabel) in enumerate((("steps", "forward calls (steps)"),
-                                              ("seconds_per_image", "seconds / image (batch 1)"))):
+                                              ("seconds_per_image", f"seconds / {unit} (batch 1)"))):
             ax = axes[row][col]
             for m in has(ykey):
                 _errorbar(ax, summary[m], xkey, ykey, labels[m], styles[m])
@@ -128,7 +139,7 @@ def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = No
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.suptitle("Speed vs. quality (mean ± SE over seeds)")
+    fig.suptitle(f"Speed vs. quality{' (video)' if kind == 'video' else ''} (mean ± SE over seeds)")
     fig.tight_layout()
     with io.atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -136,14 +147,20 @@ def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = No
     return out
 
 
-def copy_grids(preset: dict, results: Path, analysis: Path) -> dict[str, Path]:
-    """Each model's seed-0 sample grid copied to <analysis>/samples/<model>.png (results/ is not committed)."""
+def copy_grids(preset: dict, results: Path, analysis: Path, name: str = "grid.png",
+               kind: str | None = None) -> dict[str, Path]:
+    """Each model's seed-0 sample grid copied to <analysis>/samples/<model>.png (results/ is not committed); for a
+    video model it is the filmstrip (a row per class, the frames as columns). `name`: the file of the run's sample
+    folder (grid.gif: the animated tiles of a video model, copied to <model>.gif); `kind`: only the models of that
+    modality."""
     out = {}
     for model, entry in tables.entries(preset).items():
-        src = Path(results) / "samples" / model / tables.runs_of(entry)[0] / "grid.png"
+        if kind is not None and tables.modality(entry) != kind:
+            continue
+        src = Path(results) / "samples" / model / tables.runs_of(entry)[0] / name
         if not src.exists():
             raise UserError(f"{src}: sample grid missing; {tables.SAMPLE_FIX}")
-        out[model] = Path(analysis) / "samples" / f"{model}.png"
+        out[model] = Path(analysis) / "samples" / f"{model}{Path(name).suffix}"
         with io.atomic_path(out[model]) as tmp:
             shutil.copyfile(src, tmp)
     return out
@@ -206,13 +223,28 @@ def _how_to_read(tolerance: float = verdicts.TOLERANCE) -> list[str]:
             f"(twice the standard error of the difference; ≈ claims within ±{tolerance:.0%}).", ""]
 
 
-def _verdicts(analysis: Path) -> list[str]:
+def _verdict_rows(analysis: Path, video: bool):
+    """The rows of verdicts.csv that judge video claims (`video`) or the others; None when there is no file."""
+    import pandas as pd
+
+    csv = analysis / "tables" / "verdicts.csv"
+    if not csv.exists():
+        return None
+    df = pd.read_csv(csv)
+    return df[df["comparison"].map(verdicts.is_video_row) == video]
+
+
+def _verdicts(analysis: Path, with_video: bool = False) -> list[str]:
+    """The verdicts section (verdicts.md). `with_video`: the preset has video models too, whose claims the video
+    section shows: here only the others, with the rule."""
     md = analysis / "tables" / "verdicts.md"
-    if not md.exists():
+    rows = _verdict_rows(analysis, video=False) if with_video and md.exists() else None
+    if not md.exists() or (rows is not None and rows.empty):
         return ["## Verdicts", "", "_No claim of Table 3 could be judged: this preset lacks the rows or the metrics a "
                 "comparison needs._", ""]
+    text = md.read_text().rstrip() if rows is None else f"{verdicts.rule_text()}\n\n{verdicts.to_markdown(rows)}"
     return ["## Verdicts", "", "Each claim of the paper's Table 3, judged separately on NLL and on sample quality; "
-            "ARPG's claim over Table 2 on sample quality only (see ARPG below).", "", md.read_text().rstrip(), ""]
+            "ARPG's claim over Table 2 on sample quality only (see ARPG below).", "", text, ""]
 
 
 def _has_arpg(preset: dict) -> bool:
@@ -247,9 +279,14 @@ def _arpg(preset: dict, analysis: Path) -> list[str]:
     return parts + [""]
 
 
-def _tables(cfg: dict, analysis: Path) -> list[str]:
+def _table_names(cfg: dict, preset: dict, kind: str) -> list[str]:
+    """The tables of config `tables:` of modality `kind` (`tables.table_modality`), sorted."""
+    return [n for n in sorted(cfg["tables"]) if tables.table_modality(n, cfg["tables"][n], preset) == kind]
+
+
+def _tables(cfg: dict, analysis: Path, names=None) -> list[str]:
     parts = ["## Tables", ""]
-    for name in sorted(cfg["tables"]):
+    for name in sorted(cfg["tables"]) if names is None else names:
         md = analysis / "tables" / f"{name}.md"
         if md.exists():
             parts += [md.read_text().rstrip(), ""]
@@ -260,6 +297,8 @@ def _samples(preset: dict, results: Path, grids: dict, rel) -> list[str]:
     parts = ["## Samples", "", "One grid per model (its seed-0 run): one row per class, CFG as configured.", ""]
     models = tables.entries(preset)
     for model, path in grids.items():
+        if tables.is_video(models[model]):
+            continue
         label = tables.describe(results, models, model)
         parts += [f"**{label}** (`{model}`)", "", f"![{model}: one row per class]({rel(path)})", ""]
     return parts
@@ -281,6 +320,118 @@ def _entropy(analysis: Path, rel) -> list[str]:
     for p in pngs:
         parts += [ENTROPY_CAPTIONS.get(p.name, p.stem.replace("_", " ") + "."), "", f"![{p.stem}]({rel(p)})", ""]
     return parts
+
+
+# ------------------------------------------------------------------------------------------ video (Table 4)
+
+
+def _video_tokenizer(results: Path) -> list[str]:
+    """The video tokenizer in one line (video/vq/video_vq_metrics.json) and the video floors (rFVD) in another."""
+    lines = []
+    m = _read_json(results / "video" / "vq" / "video_vq_metrics.json")
+    if m:
+        words = []
+        if isinstance(m.get("params"), int):
+            words.append(f"{m['params']:,} parameters")
+        if m.get("grid"):
+            words.append("token grid " + "×".join(map(str, m["grid"]))
+                         + (f" = {m['tokens_per_clip']:,} tokens per clip" if m.get("tokens_per_clip") else ""))
+        if m.get("vocab_size"):
+            words.append(f"vocabulary {m['vocab_size']:,}")
+        if isinstance(m.get("train_clips"), int):
+            words.append(f"trained on {m['train_clips']:,} clips")
+        text = "Video tokenizer: " + (", ".join(words) or "metrics file without a description")
+        a = m.get("after") or {}
+        for what, d in (("held-out", a), ("test split (never trained on)", a.get("test") or m.get("test") or {})):
+            if d.get("psnr_db") is None:
+                continue
+            se = f" ± {d['psnr_db_se']:.2f}" if d.get("psnr_db_se") is not None else ""
+            text += f"; {what}: reconstruction PSNR {d['psnr_db']:.2f}{se} dB"
+            n = d.get("n_clips") or d.get("clips")
+            text += f" on {n:,} clips" if isinstance(n, int) else ""
+            if d.get("codebook_usage") is not None:
+                text += f", codebook usage {d['codebook_usage']:.1%}"
+            if d.get("code_entropy_bits") is not None:
+                text += f", code entropy {d['code_entropy_bits']:.2f} bits"
+        lines.append(text + ".")
+    floors = {f: tables.summarize(fr) for f, fr in tables.read_floors(results, "video").items()}
+    fvd = {f: s["fvd"] for f, s in floors.items() if "fvd" in s and s["fvd"].n}
+    if fvd:
+        words = {"video-real": "held-out real clips", "video-recon": "the same clips through the tokenizer, its "
+                                                                      "reconstruction FVD (rFVD)"}
+        n = sorted({int(s["n_samples"].mean) for s in floors.values() if "n_samples" in s and s["n_samples"].n})
+        lines.append("Floors (FVD against the models' reference): "
+                     + "; ".join(f"{words[f]} {verdicts.format_pm(st.mean, st.se)}" for f, st in fvd.items())
+                     + (f" ({'/'.join(f'{k:,}' for k in n)} clips)" if n else "")
+                     + ". No model trained on these tokens can be expected to beat the rFVD.")
+    return ["### Video tokenizer and floors", "", *[x for line in lines for x in (line, "")]] if lines else []
+
+
+def _video_how_to_read() -> list[str]:
+    return ["- **FVD** (sample quality): Fréchet distance between the I3D (Kinetics-400) features of generated and "
+            "reference clips; lower is better. It is biased upward when few clips are compared, so FVDs compare only "
+            "at equal clip counts (Table 4's note gives them).",
+            "- **NLL / token**: teacher-forced held-out NLL of the video tokens, in nats; for n > 1 the exact "
+            "likelihood of what the sampler draws, as for images.",
+            "- **±**: the standard error across training seeds; with one seed the run's own (FVD: bootstrap over its "
+            "generated clips; NLL: over held-out clips).",
+            "- **s / clip**: seconds to generate one clip at batch size 1 (the paper's: an A100).",
+            "- **Floors**: FVD of held-out real clips and of the same clips through the video tokenizer (rFVD).", ""]
+
+
+def _paper_gap() -> str:
+    """How far apart the paper's own FVDs of its ≈ claim are, against the rule's tolerance."""
+    a, b = tables.PAPER["ucf-par-n4"]["fvd"], tables.PAPER["ucf-par-n1"]["fvd"]
+    return (f"For scale: in the paper PAR-4×'s FVD is {a / b - 1:+.1%} of PAR-1×'s ({a} vs {b}), outside the "
+            f"±{verdicts.TOLERANCE:.0%} tolerance this rule gives an ≈ claim.")
+
+
+def _video_verdicts(analysis: Path, with_images: bool) -> list[str]:
+    md, rows = analysis / "tables" / "verdicts.md", _verdict_rows(analysis, video=True)
+    parts = ["### Verdicts (video)", ""]
+    if rows is None or rows.empty:
+        return parts + ["_No claim of Table 4 could be judged: this preset lacks the rows or the metrics a comparison "
+                        "needs._", ""]
+    parts += ["Each claim of the paper's Table 4, judged separately on NLL and on FVD.", ""]
+    if with_images:
+        parts += ["By the rule of the Verdicts section." + verdicts.VIDEO_RULE, "", verdicts.to_markdown(rows)]
+    else:
+        parts += [md.read_text().rstrip()]
+    return parts + ["", _paper_gap(), ""]
+
+
+def _video_samples(preset: dict, results: Path, grids: dict, gifs: dict, rel) -> list[str]:
+    parts = ["### Video samples", "", "One per model (its seed-0 run), one row per class, CFG as configured: the clips "
+             "animated, then as a filmstrip (the frames as columns).", ""]
+    models = tables.entries(preset)
+    for model, gif in gifs.items():
+        parts += [f"**{tables.describe(results, models, model)}** (`{model}`)", "",
+                  f"![{model}: animated clips, one row per class]({rel(gif)})", "",
+                  f"![{model}: filmstrip, one row per class, frames as columns]({rel(grids[model])})", ""]
+    return parts
+
+
+def _video(cfg: dict, preset: dict, results: Path, analysis: Path, grids: dict, rel,
+           with_images: bool) -> list[str]:
+    """The "Video (Table 4)" section: how to read it, the verdicts, Table 4, the video tokenizer and floors, a
+    speed-vs-FVD figure and the samples (GIFs copied to <analysis>/samples/<model>.gif)."""
+    gifs = copy_grids(preset, results, analysis, "grid.gif", kind="video")
+    runs = _all_runs(preset, results, "video")
+    plot = speed_plot(preset, results, analysis / "figures" / "video_speed_vs_quality.png",
+                      {m: tables.summarize(r) for m, r in runs.items()}, kind="video")
+    parts = ["## Video (Table 4)", "",
+             "The paper's Table 4: class-conditional video generation (UCF-101 in the paper). The video models below "
+             "generate a clip as the token sequence of a video tokenizer, n tokens per step as for images.", ""]
+    parts += _video_how_to_read() + _video_verdicts(analysis, with_images)
+    for name in _table_names(cfg, preset, "video"):
+        md = analysis / "tables" / f"{name}.md"
+        if md.exists():
+            parts += [md.read_text().rstrip(), ""]
+    parts += _video_tokenizer(results)
+    if plot:
+        parts += ["### Speed vs. FVD", "", "Mean ± SE over seeds; dashed lines: floors.", "",
+                  f"![speed vs FVD]({rel(plot)})", ""]
+    return parts + _video_samples(preset, results, grids, gifs, rel)
 
 
 def _provenance(preset_name: str, preset: dict, results: Path, analysis: Path) -> list[str]:
@@ -335,22 +486,28 @@ def render_report(cfg: dict, preset: dict, preset_name: str, results, analysis) 
     """`build_report` on an already loaded config: writes <analysis>/report.md and report.html."""
     results, analysis = Path(results), Path(analysis)
     rel = lambda p: os.path.relpath(p, analysis)  # noqa: E731 — links relative to the report
-    grids, runs = copy_grids(preset, results, analysis), _all_runs(preset, results)
-    plot = speed_plot(preset, results, analysis / "figures" / "speed_vs_quality.png",
-                      {m: tables.summarize(r) for m, r in runs.items()})
+    images, video = bool(_models_of(preset, "images")), bool(_models_of(preset, "video"))
+    grids = copy_grids(preset, results, analysis)
     parts = [f"# PAR reproduction — preset `{preset_name}`", ""]
     if preset_name == "tiny":
         parts += [SMOKE_TEST, ""]
     parts += ["Parallelized Autoregressive Visual Generation (Wang et al., arXiv 2412.15119). Every number below is "
               "read from a result file of this run; the paper's values appear only in columns marked (paper).", ""]
-    parts += _verdicts(analysis) + _arpg(preset, analysis) + _how_to_read() + _tokenizer(results, runs.values())
-    parts += _tables(cfg, analysis)
-    if plot:
-        parts += ["## Speed vs. quality", "", "Mean ± SE over seeds; dashed lines: floors"
-                  + ("; red diamonds: ARPG (its NLL an upper bound)." if _has_arpg(preset) else "."), "",
-                  f"![speed vs quality]({rel(plot)})", ""]
-    parts += _samples(preset, results, grids, rel) + _entropy(analysis, rel) + _provenance(preset_name, preset, results,
-                                                                                  analysis)
+    if images:
+        runs = _all_runs(preset, results, "images")
+        plot = speed_plot(preset, results, analysis / "figures" / "speed_vs_quality.png",
+                          {m: tables.summarize(r) for m, r in runs.items()})
+        parts += (_verdicts(analysis, with_video=video) + _arpg(preset, analysis) + _how_to_read()
+                  + _tokenizer(results, runs.values()))
+        parts += _tables(cfg, analysis, _table_names(cfg, preset, "images"))
+        if plot:
+            parts += ["## Speed vs. quality", "", "Mean ± SE over seeds; dashed lines: floors"
+                      + ("; red diamonds: ARPG (its NLL an upper bound)." if _has_arpg(preset) else "."), "",
+                      f"![speed vs quality]({rel(plot)})", ""]
+        parts += _samples(preset, results, grids, rel) + _entropy(analysis, rel)
+    if video:
+        parts += _video(cfg, preset, results, analysis, grids, rel, images)
+    parts += _provenance(preset_name, preset, results, analysis)
     text = space_lists("\n".join(parts))
     io.write_text(analysis / "report.md", text)
     io.write_text(analysis / "report.html", to_html(text, f"PAR reproduction — {preset_name}"))

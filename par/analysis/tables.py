@@ -1,5 +1,5 @@
-"""`par tables`: Table 2 and Table 3(a)–(e) from result files, as Markdown, CSV and LaTeX, and the verdict on each
-claim of Table 3 (`verdicts.md/.csv`, see par/analysis/verdicts.py).
+"""`par tables`: Table 2, Table 3(a)–(e) and Table 4 (video) from result files, as Markdown, CSV and LaTeX, and the
+verdict on each claim of Tables 3 and 4 (`verdicts.md/.csv`, see par/analysis/verdicts.py).
 
 A model is trained with `seeds` seeds; each trained instance is a run `<model>/s<k>`. Every cell is the mean over
 a model's runs ± its standard error, read from the run's result files:
@@ -7,7 +7,12 @@ a model's runs ± its standard error, read from the run's result files:
 `models/<model>/s<k>/config.json` (`par train`, parameters) and, when present, `nll/<model>/s<k>.json` (held-out
 NLL). `floors/{real,recon}.json`, when present, add the rows no model can beat. A missing metric is written as
 "–" with its reason in a footnote. The only literal numbers here are the paper's reported values (`PAPER`),
-printed in their own, labelled columns for the `paper` preset.
+printed in their own, labelled columns for the `paper` presets and `ucf101`.
+
+Table 4 (video) is built the same way from the models with `modality: video`: `par fvd` writes their
+`metrics/<model>/s<k>.json` (FVD and its bootstrap SE over generated clips), their latency is seconds per clip, and
+its floors are `floors/video-{real,recon}.json` (real clips; the video tokenizer's reconstruction, rFVD). A table
+holds one modality; image tables get the image floors only, a video table the video floors only.
 
 ARPG (`order: arpg`, the peer row of Table 2) is a model like any other, except that its held-out NLL is an upper
 bound (the mean over random orders; its NLL file says `"kind": "random-order upper bound"`): its NLL cells are
@@ -43,12 +48,17 @@ PAPER = {
     "arpg-L": {"fid": 2.44, "isc": 292, "steps": 64, "schedule": "cosine", "cfg_scale": 4.5},
     "arpg-XL": {"fid": 2.10, "isc": 331, "steps": 64, "schedule": "cosine", "cfg_scale": 6.0},
     "arpg-XXL": {"fid": 1.94, "isc": 340, "steps": 64, "schedule": "cosine", "cfg_scale": 7.5},
+    # the paper's Table 4: UCF-101 class-conditional video, FVD; latency in seconds per clip (A100, batch 1)
+    "ucf-par-n1": {"fvd": 94.1, "steps": 1280, "seconds_per_image": 43.30},
+    "ucf-par-n4": {"fvd": 99.5, "steps": 323, "seconds_per_image": 11.27},
+    "ucf-par-n16": {"fvd": 103.4, "steps": 95, "seconds_per_image": 3.44},
 }
 PAPER_ONLY = {"schedule": "schedule", "cfg_scale": "CFG"}  # reported settings that are no column of ours
 
 def reports_paper(preset_name: str) -> bool:
-    """The ImageNet presets (`paper`, `paper-released`) print the reported values beside theirs."""
-    return preset_name.startswith("paper")
+    """The ImageNet presets (`paper`, `paper-released`) and the UCF-101 one (`ucf101`) print the reported values
+    beside theirs."""
+    return preset_name.startswith("paper") or preset_name == "ucf101"
 
 
 COLUMNS = {  # key → header, in table order
@@ -56,6 +66,7 @@ COLUMNS = {  # key → header, in table order
     "seconds_per_image": "s / image",
     "params": "params",
     "nll": "NLL / token ↓",
+    "fvd": "FVD ↓",
     "cls_fid": "classifier FID ↓",
     "cls_kid": "classifier KID ↓",
     "class_accuracy": "class accuracy ↑",
@@ -70,10 +81,17 @@ COLUMNS = {  # key → header, in table order
     "n_reference": "reference",
 }
 SPREADS = {"kid_std", "isc_std"}  # torch-fidelity's spread over subsets: shown as a mean, never as "± SE"
-RUN_SE = {"nll": "nll_se", "cls_kid": "cls_kid_se", "class_accuracy": "class_accuracy_se"}  # a run's own SE
+RUN_SE = {"nll": "nll_se", "cls_kid": "cls_kid_se", "class_accuracy": "class_accuracy_se",  # a run's own SE
+          "fvd": "fvd_se"}  # FVD's: bootstrap over the run's generated clips
+VIDEO_HEADERS = {"seconds_per_image": "s / clip"}  # a video table's headers where they differ (sampling.json's
+# seconds_per_image_batch1 is seconds per clip for video)
 TEXT = ("row", "model", "setup")  # left-aligned; every other column is a number
 FLOORS = {"real": ("floor: real images", "held-out real images vs the reference set"),
-          "recon": ("floor: VQ reconstruction", "the same real images passed through the VQ tokenizer")}
+          "recon": ("floor: VQ reconstruction", "the same real images passed through the VQ tokenizer"),
+          "video-real": ("floor: real clips", "held-out real clips vs the FVD reference"),
+          "video-recon": ("floor: tokenizer reconstruction (rFVD)",
+                          "the same held-out clips passed through the video tokenizer")}
+FLOOR_MODALITY = {"real": "images", "recon": "images", "video-real": "video", "video-recon": "video"}
 TITLES = {
     "table2": "Table 2 — class-conditional generation: steps, latency, quality",
     "table3a": "Table 3(a) — initial sequential tokens",
@@ -81,7 +99,10 @@ TITLES = {
     "table3c": "Table 3(c) — attention inside a parallel group",
     "table3d": "Table 3(d) — which tokens are generated in parallel (raster/distant × one/multi)",
     "table3e": "Table 3(e) — model scaling (PAR n = 4)",
+    "table4": "Table 4 — class-conditional video generation (UCF-101 in the paper; CPU presets: moving "
+              "Fashion-MNIST)",
 }
+VIDEO_TABLES = verdicts.VIDEO_TABLES  # a table's modality comes from its models; these are video when none fills them
 NLL_BOUND = "random-order upper bound"  # an NLL file's "kind" for ARPG ("exact" or absent: PAR, raster)
 EVALUATE_FIX = "run the workflow up to `par evaluate` (snakemake all_tables)"
 SAMPLE_FIX = "run the workflow up to `par sample` (snakemake all_tables)"
@@ -113,6 +134,39 @@ def is_arpg(entry: dict) -> bool:
     return entry.get("order") == "arpg"
 
 
+def modality(entry: dict) -> str:
+    """What a model entry generates: "images" (the default) or "video" (Table 4)."""
+    return entry.get("modality") or "images"
+
+
+def is_video(entry: dict) -> bool:
+    return modality(entry) == "video"
+
+
+def pick(rows_spec: dict, models: dict) -> dict[str, str]:
+    """Row label → the first of its candidate models that `models` (the preset's entries) has; rows without one
+    are left out."""
+    picked = {label: next((m for m in cands if m in models), None) for label, cands in rows_spec.items()}
+    return {label: m for label, m in picked.items() if m}
+
+
+def table_modality(name: str, rows_spec: dict, preset: dict) -> str:
+    """"images" or "video": the modality of the models that fill table `name`; when none does, "video" for
+    `VIDEO_TABLES` and "images" otherwise. A table mixing the two is a configuration error."""
+    models = entries(preset)
+    picked = pick(rows_spec, models)
+    kinds = {modality(models[m]) for m in picked.values()}
+    if len(kinds) > 1:
+        raise UserError(f"tables.{name}: mixes image and video models ({', '.join(sorted(picked.values()))}); "
+                        "a table compares one modality")
+    return kinds.pop() if kinds else ("video" if name in VIDEO_TABLES else "images")
+
+
+def header(key: str, kind: str = "images") -> str:
+    """A column's header in a table of modality `kind` (seconds per clip for video)."""
+    return VIDEO_HEADERS.get(key, COLUMNS[key]) if kind == "video" else COLUMNS[key]
+
+
 def runs_of(entry: dict) -> list[str]:
     """Run names of a model entry: s0 … s<seeds−1> (`seeds` defaults to 1)."""
     return [f"s{k}" for k in range(int(entry.get("seeds") or 1))]
@@ -126,6 +180,11 @@ def read_run(results: Path, model: str, run: str, trained: str | None = None) ->
     row = {k: _num(v) for k, v in m.get("metrics", {}).items()}
     row |= {"steps": _num(s.get("forward_calls")), "seconds_per_image": _num(s.get("seconds_per_image_batch1")),
             "n_samples": _num(m.get("n_samples")), "n_reference": _num(m.get("n_reference"))}
+    if "fvd" in row:  # what the FVD compared (`par fvd`): the table's protocol note
+        row |= {"fvd_generated_clips": _num(m.get("generated_clips")),
+                "fvd_reference_clips": _num(m.get("reference_clips")), "fvd_frames": _num(m.get("frames"))}
+        if "protocol" in m:
+            row["fvd_protocol"] = str(m["protocol"] or "none")
     if (m.get("classifier") or {}).get("test_accuracy") is not None:
         row["classifier_test_accuracy"] = float(m["classifier"]["test_accuracy"])
     cfg = results / "models" / (trained or model) / run / "config.json"
@@ -150,13 +209,16 @@ def model_runs(results: Path, model: str, entry: dict):
     return pd.DataFrame.from_dict(rows, orient="index"), notes
 
 
-def read_floors(results: Path) -> dict:
-    """floors/real.json and floors/recon.json, when present, as one-row frames like a model's runs."""
+def read_floors(results: Path, kind: str | None = None) -> dict:
+    """floors/real.json and floors/recon.json (images), floors/video-real.json and floors/video-recon.json (video),
+    when present, as one-row frames like a model's runs; `kind`: only that modality's."""
     import pandas as pd
 
     out = {}
     for name in FLOORS:
         p = Path(results) / "floors" / f"{name}.json"
+        if kind is not None and FLOOR_MODALITY[name] != kind:
+            continue
         if p.exists():
             d = json.loads(p.read_text())
             row = {k: _num(v) for k, v in d.get("metrics", {}).items()}
@@ -235,6 +297,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     unavailable: list[str] = field(default_factory=list)
     runs: dict = field(default_factory=dict)  # row label → per-run frame (what the verdicts judge)
+    modality: str = "images"  # of its models: "images" or "video"
 
 
 def _cell(key: str, s: Stat | None) -> str:
@@ -274,14 +337,15 @@ def _missing_notes(keys, models_runs: dict, models: dict, unavailable: list[str]
 def build_table(name: str, rows_spec: dict, preset: dict, results: Path, with_paper: bool,
                 floors: dict | None = None) -> Table | None:
     """One table: the first model of each row's candidates that `preset` has, aggregated over its runs, then
-    the floor rows (`read_floors`). None when no model of the preset fills it."""
+    the floor rows of the table's modality (`read_floors`). None when no model of the preset fills it."""
     import pandas as pd
 
-    results, floors, models = Path(results), floors or {}, entries(preset)
-    picked = {label: next((m for m in cands if m in models), None) for label, cands in rows_spec.items()}
-    picked = {label: m for label, m in picked.items() if m}
+    results, models = Path(results), entries(preset)
+    picked = pick(rows_spec, models)
     if not picked:
         return None
+    kind = table_modality(name, rows_spec, preset)
+    floors = {f: fr for f, fr in (floors or {}).items() if FLOOR_MODALITY.get(f, "images") == kind}
     runs, unavailable = {}, []
     for label, model in picked.items():
         runs[label], why = model_runs(results, model, models[model])
@@ -293,7 +357,7 @@ def build_table(name: str, rows_spec: dict, preset: dict, results: Path, with_pa
         base = {"row": label, "model": model, "setup": describe(results, models, model)}
         raw.append(base | {"seeds": len(runs[label])} | _raw(stats, keys))
         shown.append(base | {"seeds": _seeds_cell(len(runs[label]), stats)}
-                     | {COLUMNS[k]: _cell(k, stats.get(k)) for k in keys})
+                     | {header(k, kind): _cell(k, stats.get(k)) for k in keys})
         if "nll" in keys:
             bound = _nll_bound(models[model], runs[label])
             raw[-1]["nll_kind"] = NLL_BOUND if bound else "exact"
@@ -303,16 +367,19 @@ def build_table(name: str, rows_spec: dict, preset: dict, results: Path, with_pa
         if with_paper and model in PAPER:
             for k, v in PAPER[model].items():
                 raw[-1][f"paper {k}"] = v
-                shown[-1][f"{COLUMNS.get(k) or PAPER_ONLY[k]} (paper)"] = str(v)  # as the paper prints it
+                shown[-1][f"{header(k, kind) if k in COLUMNS else PAPER_ONLY[k]} (paper)"] = str(v)  # as printed
     for floor, frame in floors.items():
         label, setup = FLOORS[floor]
         stats = summarize(frame)
         raw.append({"row": label, "model": "", "setup": setup} | _raw(stats, keys))
         shown.append({"row": label, "model": "", "setup": setup, "seeds": ""}
-                     | {COLUMNS[k]: _cell(k, stats[k]) if k in stats else "" for k in keys})
+                     | {header(k, kind): _cell(k, stats[k]) if k in stats else "" for k in keys})
     unavailable += _missing_notes(keys, {picked[lb]: r for lb, r in runs.items()}, models, unavailable)
-    return Table(pd.DataFrame(raw).set_index("row"), pd.DataFrame(shown).fillna("–"),
-                 _notes(keys, runs, floors, results, bounds), unavailable, runs)
+    paper = with_paper and any(m in PAPER for m in picked.values())
+    notes = (_video_notes(keys, runs, floors, paper) if kind == "video" else
+             _notes(keys, runs, floors, results, bounds))
+    return Table(pd.DataFrame(raw).set_index("row"), pd.DataFrame(shown).fillna("–"), notes, unavailable, runs,
+                 kind)
 
 
 def _raw(stats: dict, keys) -> dict:
@@ -347,9 +414,71 @@ def _notes(keys, runs: dict, floors: dict, results: Path, bounds=()) -> list[str
     if "n_samples" in keys:
         notes.append("generated / reference: the images each metric compares.")
     if floors:
-        notes.append("Floors (rows below the models): " + "; ".join(f"{FLOORS[f][0].split(': ')[1]} = "
-                                                                      f"{FLOORS[f][1]}" for f in floors)
-                     + ". No model trained on these tokens can be expected to beat them.")
+        notes.append(_floors_note(floors))
+    return notes
+
+
+def _floors_note(floors: dict) -> str:
+    return ("Floors (rows below the models): " + "; ".join(f"{FLOORS[f][0].split(': ')[1]} = {FLOORS[f][1]}"
+                                                            for f in floors)
+            + ". No model trained on these tokens can be expected to beat them.")
+
+
+def _distinct(frames, key: str) -> list:
+    """The distinct values of column `key` over the per-run `frames` (numbers as ints), in order."""
+    vals = [v for f in frames if key in f for v in f[key].dropna()]
+    vals = [int(v) if isinstance(v, float) and v.is_integer() else v for v in vals]
+    return sorted(set(vals), key=str)
+
+
+def _counts(frames, *keys) -> str:
+    """The values of the first of `keys` that any run has, "a/b" when they differ; "" when none has one (a
+    negative count is unknown)."""
+    for key in keys:
+        vals = [v for v in _distinct(frames, key) if not (isinstance(v, int) and v < 0)]
+        if vals:
+            return "/".join(f"{v:,}" if isinstance(v, int) else str(v) for v in vals)
+    return ""
+
+
+def fvd_protocol(frames) -> str:
+    """What the FVD of these runs (or floors) compared, read from their metrics files (`par fvd`): e.g.
+    "I3D (TF-Hub Kinetics-400) logits, 64 generated vs 256 reference clips, 16 frames"."""
+    frames = list(frames)
+    gen = _counts(frames, "fvd_generated_clips", "n_samples")
+    ref = _counts(frames, "fvd_reference_clips", "n_reference")
+    frames_n = _counts(frames, "fvd_frames")
+    protocols = [p for p in _distinct(frames, "fvd_protocol") if p != "none"]
+    text = "I3D (TF-Hub Kinetics-400) logits"
+    if gen or ref:
+        text += f", {gen or '?'} generated vs {ref or 'the stored statistics of the'} reference clips"
+    if frames_n:
+        text += f", {frames_n} frames"
+    return text + (f" (protocol {'/'.join(protocols)})" if protocols else "")
+
+
+def _video_notes(keys, runs: dict, floors: dict, paper: bool) -> list[str]:
+    """The footnotes of a video table (Table 4)."""
+    notes = ["± is the standard error of the mean across training seeds (std/√n, n = seeds); with one seed it is "
+             "the run's own standard error where the metric has one (NLL: over held-out clips; FVD: bootstrap over "
+             "generated clips), else no ± is shown."]
+    if "nll" in keys:
+        notes.append("NLL / token: teacher-forced held-out NLL (nats per token) of the video tokens; for n > 1 it is "
+                     "the exact likelihood of what the sampler draws (the product of the within-group conditionals).")
+    if "fvd" in keys:
+        notes.append(f"FVD: {fvd_protocol(runs.values())}; ± within a row with 1 seed is the bootstrap SE over "
+                     "generated clips. FVD from few clips is biased upward, so FVDs are comparable only at equal "
+                     "clip counts" + (" (ours with the (paper) column only where the counts match the paper's)."
+                                      if paper else "."))
+    if "seconds_per_image" in keys:
+        notes.append("s / clip: seconds to generate one clip at batch size 1.")
+    if "n_samples" in keys:
+        notes.append("generated / reference: the clips FVD compares.")
+    if paper:
+        notes.append("(paper): the paper's Table 4 (UCF-101), as reported; its latency is seconds per clip on an "
+                     "A100 GPU at batch size 1, not this machine's.")
+    if floors:
+        notes.append(_floors_note(floors))
     return notes
 
 
@@ -449,7 +578,8 @@ def write_verdicts(runs: dict, out: Path, extra=()) -> list[Path]:
         for p in paths:
             p.unlink(missing_ok=True)
         return []
-    io.write_text(paths[0], f"{verdicts.rule_text()}\n\n{verdicts.to_markdown(df)}\n")
+    video = bool(df["comparison"].map(verdicts.is_video_row).any())  # the rule says how FVD is judged
+    io.write_text(paths[0], f"{verdicts.rule_text(video=video)}\n\n{verdicts.to_markdown(df)}\n")
     io.write_text(paths[1], df.to_csv(index=False))
     return paths
 
@@ -461,8 +591,8 @@ def cmd_tables(args) -> int:
 
 
 def register(sub):
-    p = sub.add_parser("tables", help="Tables 2 and 3(a)-(e) from result files (Markdown, CSV, LaTeX) and the "
-                                      "verdict on each claim of Table 3")
+    p = sub.add_parser("tables", help="Tables 2, 3(a)-(e) and 4 from result files (Markdown, CSV, LaTeX) and "
+                                      "the verdict on each claim of Tables 3 and 4")
     add_run_arguments(p)
     p.add_argument("--out", default="analysis/tables", help="output folder (default: analysis/tables)")
     p.add_argument("--extra-verdicts", nargs="*", default=[], metavar="JSON",

@@ -1,6 +1,6 @@
 """Statistics over training seeds, numbers printed to the precision of their error bar, and a verdict on each
-claim of the paper's Table 3 (and on ARPG's claim over Table 2) computed from those numbers by one stated rule
-(`rule_text`).
+claim of the paper's Table 3 (and on ARPG's claim over Table 2, and on the video claims of Table 4) computed from
+those numbers by one stated rule (`rule_text`).
 
 Pure functions on per-seed values: nothing here reads files or knows an outcome. `par tables` feeds it the
 per-seed values of every table row and writes the verdicts next to the tables.
@@ -90,7 +90,8 @@ def format_pm(mean, se, sig: int = 4) -> str:
 TOLERANCE = 0.05  # "≈" claims: |difference| within 5% of the baseline's value
 
 
-def rule_text(tolerance: float = TOLERANCE) -> str:
+def rule_text(tolerance: float = TOLERANCE, video: bool = False) -> str:
+    """The rule, in words; `video`: with the sentence on Table 4 (FVD and its per-run error bar)."""
     return (
         "**Rule.** For a comparison of row A (the one the paper says is better) with row B, d = mean(A) − mean(B) "
         "over their training seeds, with SE(d) = √(SE_A² + SE_B²) (Welch) and SE = std/√n across seeds. "
@@ -105,7 +106,12 @@ def rule_text(tolerance: float = TOLERANCE) -> str:
         "(FID) is **not resolved (one seed, no error bar)**. "
         "ARPG vs PAR is judged on sample quality only, never on NLL: ARPG's NLL is the mean over random orders, an "
         "upper bound on its likelihood, while PAR's is exact, so their difference does not say which model is "
-        "better.")
+        "better." + (VIDEO_RULE if video else ""))
+
+
+VIDEO_RULE = (" Table 4 (video) is judged by the same rule on NLL and on FVD (lower is better); with one seed, FVD's "
+              "error bar is the run's bootstrap standard error over its generated clips, which, like the other "
+              "per-run errors, ignores seed-to-seed variation.")
 
 
 def seeds_needed(margin: float, sd_a: float, sd_b: float) -> float:
@@ -155,8 +161,9 @@ NLL = Metric("nll", "NLL / token", True, "nll_se")
 CLASSIFIER_FID = Metric("cls_fid", "classifier FID", True)
 INCEPTION_FID = Metric("fid", "Inception FID", True)  # stands in for the classifier FID when a preset has none
 CLASS_ACCURACY = Metric("class_accuracy", "class accuracy", False, "class_accuracy_se")
+FVD = Metric("fvd", "FVD", True, "fvd_se")  # video (Table 4); its per-run SE: bootstrap over generated clips
 SAMPLE_QUALITY = (CLASSIFIER_FID, INCEPTION_FID, CLASS_ACCURACY)
-ALL_METRICS = (NLL, *SAMPLE_QUALITY)
+ALL_METRICS = (NLL, *SAMPLE_QUALITY, FVD)
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,13 @@ ARPG_CLAIM = "ARPG vs PAR at equal steps (ARPG's claim: better)"
 ARPG_CLAIMS = tuple(Comparison(ARPG_CLAIM, "table2", f"ARPG, PAR n={n}'s steps", f"PAR n={n}",
                                metrics=SAMPLE_QUALITY) for n in (4, 16))
 CLAIMS += ARPG_CLAIMS
+# The paper's Table 4 (UCF-101 video): FVD 94.1 / 99.5 / 103.4 at 1 / 4 / 16 tokens per step
+VIDEO_CLAIMS = (
+    Comparison("Table 4: video n=4 ≈ n=1 (paper FVD 99.5 vs 94.1)", "table4", "PAR-4×", "PAR-1×", similar=True),
+    Comparison("Table 4: video n=16 worse than n=4 (paper 103.4 vs 99.5)", "table4", "PAR-4×", "PAR-16×"),
+)
+VIDEO_TABLES = tuple(sorted({c.table for c in VIDEO_CLAIMS}))
+CLAIMS += VIDEO_CLAIMS
 
 COLUMNS = ["claim", "comparison", "metric", "difference", "se", "n_a", "n_b", "error_bar", "verdict",
            "seeds_to_resolve"]
@@ -205,10 +219,15 @@ def _has(frame, key: str) -> bool:
 
 
 def _metrics_for(fa, fb, allowed=ALL_METRICS) -> list[Metric]:
-    """NLL, then sample quality: classifier FID (Inception FID when no classifier FID), class accuracy; only
-    those in `allowed`."""
+    """NLL, then sample quality: classifier FID (Inception FID when no classifier FID), class accuracy, FVD
+    (video); only those in `allowed` that both rows have."""
     fid = CLASSIFIER_FID if _has(fa, "cls_fid") and _has(fb, "cls_fid") else INCEPTION_FID
-    return [m for m in (NLL, fid, CLASS_ACCURACY) if m in allowed and _has(fa, m.key) and _has(fb, m.key)]
+    return [m for m in (NLL, fid, CLASS_ACCURACY, FVD) if m in allowed and _has(fa, m.key) and _has(fb, m.key)]
+
+
+def is_video_row(comparison: str) -> bool:
+    """Whether a verdict row (its `comparison`, "<table>: …") judges a video claim (Table 4)."""
+    return str(comparison).split(":")[0] in VIDEO_TABLES
 
 
 def _run_se(frame, metric: Metric):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from par import io
+from par.data.shards import codes_dtype
 
 FOLDER = "packed"
 
@@ -38,7 +39,7 @@ def _write(shards, folder: Path) -> None:
     shape = (n, shards.num_crops, int(np.prod(shards.grid)))
     folder.mkdir(parents=True, exist_ok=True)
     with io.atomic_path(folder / "codes.npy", needed=int(np.prod(shape)) * 2) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int16, shape=shape)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=codes_dtype(shards.codebook_size), shape=shape)
         labels, at = np.empty(n, np.int64), 0
         for k, s in enumerate(shards.shards):
             with np.load(shards.dir / s["file"]) as z:

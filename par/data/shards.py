@@ -47,6 +47,13 @@ MANIFEST = "manifest.json"
 CODES_DTYPE = np.dtype(np.int16)  # the codes dtype `par tokenize` writes
 
 
+def codes_dtype(codebook_size: int) -> np.dtype:
+    """The dtype shards store codes in: int16, or uint16 past 2^15 codes (a 16-bit LFQ video tokenizer)."""
+    if codebook_size > 1 << 16:
+        raise UserError(f"a vocabulary of {codebook_size} codes does not fit the 16-bit shard format")
+    return np.dtype(np.uint16) if codebook_size > 1 << 15 else CODES_DTYPE
+
+
 def shard_name(k: int) -> str:
     return f"shard-{k:05d}.npz"
 
@@ -153,10 +160,12 @@ def check_shard(meta: dict, expect: dict, grid_len: int) -> str | None:
             return f"{k} is {meta.get(k)!r}, this run has {v!r}"
     arrays = meta["_arrays"]
     n = meta["stop"] - meta["start"] - len(meta["skipped"])
-    if arrays["codes"]["shape"] != [n, NUM_CROPS, grid_len]:
-        return f"codes shape {arrays['codes']['shape']} != {[n, NUM_CROPS, grid_len]}"
-    if np.dtype(arrays["codes"]["dtype"]) != CODES_DTYPE:
-        return f"codes dtype {np.dtype(arrays['codes']['dtype'])} != {CODES_DTYPE}"
+    crops = len(meta.get("crop_order") or CROP_ORDER)
+    if arrays["codes"]["shape"] != [n, crops, grid_len]:
+        return f"codes shape {arrays['codes']['shape']} != {[n, crops, grid_len]}"
+    want = codes_dtype(meta.get("codebook_size", 0))
+    if np.dtype(arrays["codes"]["dtype"]) != want:
+        return f"codes dtype {np.dtype(arrays['codes']['dtype'])} != {want}"
     if arrays["labels"]["shape"] != [n] or arrays["indices"]["shape"] != [n]:
         return "labels/indices length does not match codes"
     return None
@@ -165,7 +174,7 @@ def check_shard(meta: dict, expect: dict, grid_len: int) -> str | None:
 # ----------------------------------------------------------------------------- manifest
 
 _COMMON = ("format", "version", "image_size", "crop_range", "shard_size", "num_files", "num_shards",
-           "tokenizer_sha256", "class_names", "grid", "codebook_size")
+           "tokenizer_sha256", "class_names", "grid", "codebook_size", "crop_order")
 
 
 def _shard_meta_or_error(path: Path) -> dict:
@@ -221,13 +230,16 @@ def build_manifest(out) -> dict:
         "tokenizer": {"checkpoint": meta0["tokenizer"], "sha256": meta0["tokenizer_sha256"]},
         "image_size": meta0["image_size"], "crop_range": meta0["crop_range"],
         "crop_size": crop_size(meta0["image_size"], meta0["crop_range"]),
-        "num_crops": NUM_CROPS, "crop_order": CROP_ORDER,
-        "grid": meta0["grid"], "codebook_size": meta0["codebook_size"], "codes_dtype": "int16",
+        # video shards (`par tokenize-video`) record their own crops (a clip and its flip) and, past 2^15 codes,
+        # unsigned codes; image shards are format v1's ten crops of int16
+        "num_crops": len(meta0.get("crop_order") or CROP_ORDER), "crop_order": meta0.get("crop_order") or CROP_ORDER,
+        "grid": meta0["grid"], "codebook_size": meta0["codebook_size"],
+        "codes_dtype": np.dtype(shards[0]["codes_dtype"]).name if shards else "int16",
         "num_classes": len(meta0["class_names"]), "class_names": meta0["class_names"],
         "num_files": meta0["num_files"], "num_images": sum(s["num_images"] for s in shards),
         "num_skipped": len(skipped), "skipped": skipped,
         "shard_size": meta0["shard_size"], "num_shards": total, "shards": shards,
-    }
+    } | ({"video": meta0["video"]} if "video" in meta0 else {})
 
 
 def finalize(out) -> Path:

@@ -22,7 +22,8 @@ def make_source(job: VideoSettings, split: str):
         from par.data.movingmnist import MovingMNIST
 
         return MovingMNIST(job.idx_dir, split, frames=job.frames, size=job.size or 64, items=job.items,
-                           speed=job.speed, num_videos=job.num_videos, seed=job.seed, fps=job.fps)
+                           speed=job.speed, num_videos=job.num_videos, seed=job.seed, fps=job.fps,
+                           item_size=job.item_size)
     if job.source == "ucf101":
         from par.data.ucf101 import UCF101
 

@@ -10,6 +10,14 @@ throughput).
 
 Decoding follows the reference: tokens (raster) → VQ decode at 16·L px → bicubic resize (no antialias)
 to --image-size → uint8 = clamp(127.5·x + 128, 0, 255), truncated.
+
+Video: `--vq` may be a video tokenizer checkpoint (`par train-video-vq`; detected by its kind) for a model over a
+(t, h, w) token grid. Tokens (raster) → ids (B, t, h, w) → `decode_codes` → uint8 clips (B, T, H, W, 3) at the
+tokenizer's native size (--image-size does not apply). Shards hold `clips` instead of `images`; finalize writes
+samples.npz with `clips` (uint8 N×T×H×W×3) and `labels` (int64) — what `par fvd` reads —, labels.npy, grid.png (a
+filmstrip: one row per class, the first 10 classes, one clip each, its frames left to right), grid.gif (8 fps,
+looping) and grid.mp4 (H.264, else MPEG-4 Part 2) tiling 4 clips per class, and sampling.json with the image
+keys (per clip) plus modality, clip_shape, grid_gif and grid_mp4.
 """
 
 from __future__ import annotations
@@ -33,11 +41,30 @@ def shard_path(out: Path, k: int) -> Path:
     return out / "shards" / f"samples-{k:05d}.npz"
 
 
+def load_tokenizer(path) -> tuple[object, bool]:
+    """(tokenizer, is_video): a `par train-video-vq` checkpoint (its "kind") or an image VQ (`load_vq`). The kind
+    is peeked with a memory-mapped, weights-only load, so no tensor data is read twice."""
+    import argparse
+
+    import torch
+
+    from par.data import video_tokenizer
+    from par.data.tokenizer import load_vq
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):  # as par.io.torch_load allows
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 — e.g. a legacy (non-zip) file: not ours, so an image VQ; load_vq reports
+        ckpt = None
+    if isinstance(ckpt, dict) and ckpt.get("kind") == video_tokenizer.KIND:
+        return video_tokenizer.load_video_vq(path), True
+    return load_vq(path), False
+
+
 def _setup(job: SampleJob):
     import torch
 
     from par.core.model import load_checkpoint, model_config
-    from par.data.tokenizer import load_vq
 
     local = int(os.environ.get("LOCAL_RANK", 0))  # torchrun / --procs: one GPU per worker
     device = torch.device(f"cuda:{local}" if job.device == "auto" and torch.cuda.is_available() else
@@ -48,7 +75,16 @@ def _setup(job: SampleJob):
     if job.size:  # a released checkpoint: ARPG's were trained on 256-px images (16×16 tokens), PAR's on 384 (24×24)
         config = model_config(job.size, order=job.order, n=job.n, **({"grid": (16, 16)} if job.order == "arpg" else {}))
     model = load_checkpoint(job.model, config, dtype=dtype, weights=job.weights).to(device)
-    vq = load_vq(job.vq).to(device)
+    vq, video = load_tokenizer(job.vq)
+    grid = model.order.grid
+    if video != (len(grid) == 3):
+        raise UserError(f"--vq {job.vq}: {'a video' if video else 'an image'} tokenizer, but --model {job.model} "
+                        f"generates a {'×'.join(map(str, grid))} token grid; give the "
+                        f"{'video' if len(grid) == 3 else 'image'} tokenizer it was trained on")
+    if video and model.config.vocab_size > vq.vocab_size:
+        raise UserError(f"--model {job.model}: vocabulary {model.config.vocab_size} exceeds the video tokenizer's "
+                        f"{vq.vocab_size} (--vq {job.vq}); give the tokenizer the model was trained on")
+    vq = vq.to(device)
     if job.compile and model.config.order == "arpg":
         raise UserError("--compile: ARPG decodes a different number of tokens at each step (one graph per step); "
                         "sample it with --compile false")
@@ -72,10 +108,26 @@ def decode_to_uint8(vq, tokens_raster, grid, image_size: int) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def decode_clips(tokenizer, tokens_raster, grid) -> np.ndarray:
+    """Raster tokens (B, t·h·w) → uint8 clips (B, T, H, W, 3) at the video tokenizer's native size."""
+    import torch
+
+    from par.data.video_tokenizer import tensor_to_clips
+
+    with torch.no_grad():
+        return tensor_to_clips(tokenizer.decode_codes(tokens_raster.reshape(-1, *grid)))
+
+
+def is_video(model) -> bool:
+    return len(model.order.grid) == 3  # `_setup` checked that the tokenizer agrees
+
+
 def _generate_batch(model, vq, labels, job: SampleJob, gen):
     from par.core.generate import generate
 
     tokens = generate(model, labels, job, gen, static_cache=job.compile or None)  # a SampleJob is SamplingSettings
+    if is_video(model):
+        return tokens, decode_clips(vq, tokens, model.order.grid)
     return tokens, decode_to_uint8(vq, tokens, model.order.grid, job.image_size)
 
 
@@ -93,17 +145,18 @@ def run_shard(job: SampleJob, k: int, model, vq, device) -> None:
     t0 = time.perf_counter()
     for b in range(0, hi - lo, job.batch_size):
         tok, img = _generate_batch(model, vq, labels[b:b + job.batch_size], job, gen)
-        tokens.append(tok.cpu().numpy().astype(np.int16))
+        tokens.append(tok.cpu().numpy().astype(np.int16 if model.config.vocab_size <= 1 << 15 else np.int32))
         images.append(img)
     seconds = time.perf_counter() - t0
     with io.atomic_path(shard_path(Path(job.out), k)) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, images=np.concatenate(images), tokens=np.concatenate(tokens),
-                     labels=labels.cpu().numpy(), indices=np.arange(lo, hi), seconds=seconds)
+            np.savez(f, **{"clips" if is_video(model) else "images": np.concatenate(images)},
+                     tokens=np.concatenate(tokens), labels=labels.cpu().numpy(), indices=np.arange(lo, hi),
+                     seconds=seconds)
 
 
 def measure_latency(job: SampleJob, model, vq, device, repeats: int = 7) -> tuple[float, list[float]]:
-    """Seconds for one image at batch 1 (tokens + VQ decode): the best of `repeats` runs after a warm-up,
+    """Seconds for one image (or clip) at batch 1 (tokens + VQ decode): the best of `repeats` runs after a warm-up,
     and all runs. The minimum, not the median: sampling jobs share nodes (on the tiny preset, two jobs share
     two cores), and interference only ever adds time."""
     import torch
@@ -123,21 +176,82 @@ def measure_latency(job: SampleJob, model, vq, device, repeats: int = 7) -> tupl
     return min(times), times
 
 
-def class_grid(job: SampleJob, model, vq, device, classes=10, per_class=10) -> np.ndarray:
-    """(classes·H, per_class·W, 3) uint8 grid: one row per class (the first `classes` classes)."""
+def class_samples(job: SampleJob, model, vq, device, classes=10, per_class=10) -> np.ndarray:
+    """(rows, per_class, ...) uint8 samples of the first `classes` classes, one row per class."""
     import torch
 
     gen = torch.Generator(device=device).manual_seed(job.seed + 12345)
     labels = torch.arange(min(classes, model.config.num_classes), device=device).repeat_interleave(per_class)
-    imgs = np.concatenate([_generate_batch(model, vq, labels[b:b + job.batch_size], job, gen)[1]
-                           for b in range(0, len(labels), job.batch_size)])
-    rows = len(labels) // per_class
-    h, w = imgs.shape[1:3]
-    return imgs.reshape(rows, per_class, h, w, 3).transpose(0, 2, 1, 3, 4).reshape(rows * h, per_class * w, 3)
+    out = np.concatenate([_generate_batch(model, vq, labels[b:b + job.batch_size], job, gen)[1]
+                          for b in range(0, len(labels), job.batch_size)])
+    return out.reshape(len(labels) // per_class, per_class, *out.shape[1:])
+
+
+def tile(x: np.ndarray) -> np.ndarray:
+    """(rows, cols, H, W, 3) → one (rows·H, cols·W, 3) image."""
+    rows, cols, h, w = x.shape[:4]
+    return x.transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, 3)
+
+
+def class_grid(job: SampleJob, model, vq, device, classes=10, per_class=10) -> np.ndarray:
+    """(classes·H, per_class·W, 3) uint8 grid: one row per class (the first `classes` classes)."""
+    return tile(class_samples(job, model, vq, device, classes, per_class))
+
+
+GIF_MS_PER_FRAME = 125  # 8 fps
+VIDEO_PER_CLASS = 4  # clips per class row of grid.gif / grid.mp4
+
+
+def write_video_grids(out: Path, clips: np.ndarray) -> str:
+    """grid.png, grid.gif, grid.mp4 of `clips` (classes, per_class, T, H, W, 3); returns the mp4's codec.
+    grid.png: each class's first clip as a filmstrip (its frames left to right); gif/mp4: every clip, tiled."""
+    from PIL import Image
+
+    with io.atomic_path(out / "grid.png") as tmp:
+        Image.fromarray(tile(clips[:, 0])).save(tmp, format="PNG")
+    frames = [tile(clips[:, :, t]) for t in range(clips.shape[2])]
+    # GIF delays are whole centiseconds: 125 ms alternates 120 and 130, so the clip still plays at 8 fps on average.
+    # (Pillow merges identical consecutive frames, adding their delays.)
+    delays = [GIF_MS_PER_FRAME - 5 + 10 * (t % 2) for t in range(len(frames))]
+    with io.atomic_path(out / "grid.gif") as tmp:
+        first, *rest = (Image.fromarray(f) for f in frames)
+        first.save(tmp, format="GIF", save_all=True, append_images=rest, duration=delays, loop=0)
+    with io.atomic_path(out / "grid.mp4") as tmp:
+        return write_mp4(tmp, frames, fps=1000 // GIF_MS_PER_FRAME)
+
+
+def write_mp4(path, frames, fps: int) -> str:
+    """uint8 (H, W, 3) frames → an .mp4 (yuv420p; odd sides padded by repeating the edge, as 4:2:0 needs even ones):
+    H.264 where PyAV's FFmpeg has an encoder for it, else MPEG-4 Part 2. Returns the codec used."""
+    import av
+
+    h, w = frames[0].shape[:2]
+    pad = ((0, h % 2), (0, w % 2), (0, 0))
+    errors = []
+    for codec in ("h264", "mpeg4"):
+        try:
+            with av.open(str(path), mode="w", format="mp4") as container:
+                stream = container.add_stream(codec, rate=fps)
+                stream.width, stream.height, stream.pix_fmt = w + w % 2, h + h % 2, "yuv420p"
+                for f in frames:
+                    frame = av.VideoFrame.from_ndarray(np.pad(f, pad, mode="edge"), format="rgb24")
+                    container.mux(stream.encode(frame))
+                container.mux(stream.encode())
+            return codec
+        except (av.FFmpegError, ValueError) as e:  # no such encoder in this FFmpeg build: try the next
+            errors.append(f"{codec}: {e}")
+    raise UserError(f"{path}: PyAV could encode neither H.264 nor MPEG-4 ({'; '.join(errors)})")
+
+
+def write_clips_npz(path, clips: np.ndarray, labels) -> None:
+    """Video samples as `par fvd` reads them: `clips` (uint8 N×T×H×W×3) and `labels` (int64), written atomically."""
+    with io.atomic_path(path, needed=clips.nbytes) as tmp, open(tmp, "wb") as f:
+        np.savez(f, clips=clips, labels=np.asarray(labels, np.int64))
 
 
 def finalize(job: SampleJob, model=None, vq=None, device=None) -> Path:
-    """Pack shards → samples.npz (exactly N distinct indices), grid.png, sampling.json."""
+    """Pack shards → samples.npz (exactly N distinct indices), grid.png (video: also grid.gif, grid.mp4),
+    sampling.json."""
     from PIL import Image
 
     from par.data.imageio import write_adm_npz
@@ -152,14 +266,23 @@ def finalize(job: SampleJob, model=None, vq=None, device=None) -> Path:
     if not np.array_equal(indices, np.arange(job.num_samples)):
         raise UserError(f"{out}/shards: indices are not exactly 0..{job.num_samples - 1} (stale shards from "
                         "another --num-samples/--shard-size?); delete the shards folder and resample")
-    write_adm_npz([img for s in shards for img in s["images"]], out / "samples.npz")
-    with io.atomic_path(out / "labels.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, np.concatenate([s["labels"] for s in shards]), allow_pickle=False)
+    labels = np.concatenate([s["labels"] for s in shards])
     if model is None:
         model, vq, device = _setup(job)
-    grid = class_grid(job, model, vq, device)
-    with io.atomic_path(out / "grid.png") as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+    video = is_video(model)
+    if video:
+        clips = np.concatenate([s["clips"] for s in shards])
+        write_clips_npz(out / "samples.npz", clips, labels)
+    else:
+        write_adm_npz([img for s in shards for img in s["images"]], out / "samples.npz")
+    with io.atomic_path(out / "labels.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, labels, allow_pickle=False)
+    if video:
+        codec = write_video_grids(out, class_samples(job, model, vq, device, per_class=VIDEO_PER_CLASS))
+    else:
+        grid = class_grid(job, model, vq, device)
+        with io.atomic_path(out / "grid.png") as tmp:
+            Image.fromarray(grid).save(tmp, format="PNG")
     total_seconds = float(sum(float(s["seconds"]) for s in shards))
     latency, runs = measure_latency(job, model, vq, device)
     meta = {"job": asdict(job), "num_samples": job.num_samples, "num_shards": job.num_shards,
@@ -168,6 +291,9 @@ def finalize(job: SampleJob, model=None, vq=None, device=None) -> Path:
             "seconds_per_image_batch1": latency, "latency_runs": runs,
             "images_per_second": job.num_samples / total_seconds, "device": str(device),
             "npz": str(out / "samples.npz"), "grid": str(out / "grid.png")}
+    if video:  # the image keys count clips here
+        meta |= {"modality": "video", "clip_shape": list(clips.shape[1:]), "grid_gif": str(out / "grid.gif"),
+                 "grid_mp4": str(out / "grid.mp4"), "grid_mp4_codec": codec}
     io.write_json(out / "sampling.json", meta)
     return out / "samples.npz"
 
@@ -197,7 +323,8 @@ def _check_folder(job: SampleJob, out: Path) -> None:
             stale = sorted((out / "shards").glob("*.npz"))
             print(f"par sample: {out}: the model or tokenizer changed since these samples were made; "
                   f"discarding {len(stale)} stale shard(s)", file=sys.stderr)
-            for p in stale + [out / f for f in ("samples.npz", "labels.npy", "grid.png", "sampling.json")]:
+            for p in stale + [out / f for f in ("samples.npz", "labels.npy", "grid.png", "grid.gif", "grid.mp4",
+                                                "sampling.json")]:
                 p.unlink(missing_ok=True)
     if prev_inputs != inputs:
         io.write_json(settings, {**asdict(job), "inputs": inputs})
@@ -270,7 +397,10 @@ def cmd_sample(args) -> int:
 
 
 def register(sub):
-    p = sub.add_parser("sample", help="sharded class-conditional sampling → ADM npz, grid, sampling.json")
+    p = sub.add_parser("sample", help="sharded class-conditional sampling → ADM npz, grid, sampling.json",
+                       description="Sharded class-conditional sampling. With a video tokenizer as --vq (a model over a "
+                       "t×h×w token grid), samples are clips at the tokenizer's native size (--image-size is "
+                       "ignored) and the outputs are samples.npz (clips, labels), grid.png/.gif/.mp4.")
     add_arguments(p, SampleJob)
     p.add_argument("--config", help="JSON/YAML file with the fields above")
     p.add_argument("--shard", type=int, help="this task's index (default: from the Slurm array, or RANK)")

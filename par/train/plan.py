@@ -14,12 +14,32 @@ and activations under its strategy (DDP or FSDP), micro-batch and activation che
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from par.errors import UserError
 from par.train.train import PEAK_FLOPS
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
+UCF101_TRAIN_VIDEOS = 9_537  # trainlist01: one random clip of every train video per epoch
+
+
+def _video_data(preset: dict, results: Path) -> tuple[int, tuple, int, int]:
+    """(clips per epoch, token grid (t, h, w), vocabulary, classes) of a preset's video models: from the video token
+    manifest once it exists, else from the clip and tokenizer settings."""
+    from par.config import VideoStage, check
+    from par.data.video_tokenizer import config_from_settings
+
+    manifest = Path(results) / "video" / "tokens" / "manifest.json"
+    if manifest.exists():
+        m = json.loads(manifest.read_text())
+        return m["num_images"], tuple(m["grid"]), m["codebook_size"], m["num_classes"]
+    v = check(VideoStage, preset.get("video", {}), "video")
+    cfg = config_from_settings(v.tokenizer.train)
+    size = v.clips.size or (128 if v.clips.source == "ucf101" else 64)
+    clips, classes = ((v.clips.num_videos or UCF101_TRAIN_VIDEOS), 101) if v.clips.source == "ucf101" else \
+        ((v.clips.num_videos or 60_000), 10)
+    return clips, cfg.latent_shape(v.clips.frames, size, size), cfg.vocab_size, classes
 
 
 def _network(size: str, order: str, n: int, grid, vocab: int, classes: int, regions: int = 0):
@@ -48,24 +68,31 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
     if manifest.exists():
         m = json.loads(manifest.read_text())
         images, grid, vocab, classes = m["num_images"], m["grid"], m["codebook_size"], m["num_classes"]
-    elif preset_name.startswith("paper"):  # ImageNet at 384 px through VQ-16
+    elif preset_name.startswith("paper") or preset.get("data", {}).get("source") == "none":  # ImageNet, VQ-16
         images, grid, vocab, classes = IMAGENET_TRAIN_IMAGES, (24, 24), 16384, 1000
     else:
         d = preset["data"].get("tinyset", {})
         images, classes, vocab = 10 * d.get("images_per_class", 400), 10, preset["tokenizer"]["train"]["codebook_size"]
         side = preset["tokenize"]["image_size"] // 2 ** (len(preset["tokenizer"]["train"]["ch_mult"].split(",")) - 1)
         grid = (side, side)
+    def is_video(m: dict) -> bool:  # its own modality, or that of the entry it is `trained_as`
+        return "video" in (m.get("modality"), preset["models"].get(m.get("trained_as") or "", {}).get("modality"))
+
+    video = _video_data(preset, results) if any(is_video(m) for m in preset["models"].values()) else None
     rows = []
     for name, m in sorted(preset["models"].items()):
         train = {**asdict(TrainSettings()), **preset.get("train", {}), **m}  # defaults under what is written
         arpg = m["order"] == "arpg"
         released = bool(m.get("checkpoint") or m.get("checkpoint_url"))
         g = (16, 16) if arpg and released else tuple(grid)  # ARPG's released weights: 16×16 tokens (256 px)
-        num_tokens = g[0] * g[1]
+        items, vocab_m, classes_m = images, vocab, classes
+        if is_video(m):  # a clip is a (t, h, w) grid of the video tokenizer's codes
+            items, g, vocab_m, classes_m = video
+        num_tokens = math.prod(g)
         seq_len = num_tokens if arpg else Order(g, m["order"], m["n"], m.get("initial_sequential", True),
                                                 m.get("group_attention", "full"), m.get("regions", 0)).layout.seq_len
-        params, block, layers, dim = _network(m["size"], m["order"], m["n"], g, vocab, classes, m.get("regions", 0))
-        steps = train.get("max_steps") or int(train.get("epochs", 1) * (images // train["global_batch"]))
+        params, block, layers, dim = _network(m["size"], m["order"], m["n"], g, vocab_m, classes_m, m.get("regions", 0))
+        steps = train.get("max_steps") or int(train.get("epochs", 1) * (items // train["global_batch"]))
         trained = not (released or m.get("trained_as"))
         train_flops = 6 * params * steps * train["global_batch"] * seq_len if trained else 0.0
         s = {**asdict(SampleSettings()), **preset.get("sample", {}), **m}
@@ -73,7 +100,7 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
         row = {"model": name, "size": m["size"], "n": m["n"], "params": params, "train_steps": steps,
                "train_flops": train_flops, "sample_flops": sample_flops}
         if trained:
-            row |= _memory(preset, m, train, params, block, layers, dim, vocab, seq_len)
+            row |= _memory(preset, m, train, params, block, layers, dim, vocab_m, seq_len)
         for gpu, peak in (("A100", PEAK_FLOPS["A100"]), ("H100", PEAK_FLOPS["H100"])):
             row[f"{gpu}_hours"] = (train_flops + sample_flops) / (peak * mfu) / 3600
         rows.append(row)
@@ -109,7 +136,7 @@ def cmd_plan(args) -> int:
     show = df.assign(train_flops=df.train_flops.map("{:.2e}".format), sample_flops=df.sample_flops.map("{:.2e}".format),
                      params=df.params.map("{:,}".format), A100_hours=df.A100_hours.map("{:,.1f}".format),
                      H100_hours=df.H100_hours.map("{:,.1f}".format),
-                     **{c: df[c].map(lambda v: "" if v != v else f"{v:.1f}") for c in df if c.endswith("_gb")})
+                     **{c: df[c].map(lambda v: "" if v is None or v != v else f"{v:.1f}") for c in df if c.endswith("_gb")})
     show = show.astype(object).fillna("").rename(columns=lambda c: c.replace("_gb", " GB").replace("_", " "))
     print(f"Compute plan for preset `{args.preset}` at an assumed MFU of {args.mfu:.0%} (bf16 peak: A100 312, H100 989 "
           "TFLOP/s)\n")

@@ -66,3 +66,17 @@ def entropy_map_args(wildcards):
 def training_images(wildcards):
     """The marker file of the training split (written by `make-tinyset` or `prepare-images`)."""
     return {"images": experiment.images_marker()}
+
+
+def tokens(wildcards):
+    """The token manifest of a run: the image tokens, or the video tokens of a `modality: video` model."""
+    return experiment.tokens_manifest(wildcards.run)
+
+
+def heldout_tokens(wildcards):
+    return experiment.tokens_manifest(wildcards.run, heldout=True)
+
+
+def tokenizer(wildcards):
+    """The tokenizer that decodes a run's samples: the image VQ or the video tokenizer."""
+    return experiment.tokenizer_path(wildcards.run)

@@ -10,6 +10,8 @@ rule evaluate:
         f"{results}/metrics/{{run}}.json",
     log:
         f"{results}/logs/evaluate/{{run}}.log",
+    wildcard_constraints:
+        run=experiment.run_pattern(video=False),
     benchmark:
         f"{results}/benchmarks/evaluate/{{run}}.tsv"
     params:
@@ -35,6 +37,8 @@ use rule evaluate as evaluate_floor with:
         classifier=f"{results}/classifier/classifier.pt" if experiment.uses_classifier else [],
     output:
         f"{results}/floors/{{floor}}.json",
+    wildcard_constraints:
+        floor="real|recon",
     log:
         f"{results}/logs/evaluate_floor/{{floor}}.log",
     benchmark:
@@ -50,7 +54,7 @@ use rule evaluate as evaluate_floor with:
 rule nll:
     input:
         model=model_file,
-        tokens=f"{results}/tokens_heldout/manifest.json",
+        tokens=heldout_tokens,
     output:
         f"{results}/nll/{{run}}.json",
     log:

@@ -9,6 +9,7 @@ rule tables:
         sampling=expand(f"{results}/samples/{{run}}/sampling.json", run=runs),
         nll=expand(f"{results}/nll/{{run}}.json", run=experiment.nll_runs),
         floors=expand(f"{results}/floors/{{floor}}.json", floor=experiment.floors),
+        video_floors=expand(f"{results}/floors/video-{{floor}}.json", floor=experiment.video_floors),
         classifier=f"{results}/classifier/metrics.json" if experiment.uses_classifier else [],
         entropy=f"{analysis}/entropy/entropy_summary.json" if experiment.has_images else [],
     output:
@@ -36,6 +37,8 @@ rule report:
         rules.tables.output,
         rules.entropy_figures.output if experiment.has_images else [],
         expand(f"{results}/samples/{{run}}/grid.png", run=runs),
+        expand(f"{results}/samples/{{run}}/grid.gif", run=experiment.video_runs),
+        f"{results}/video/vq/video_vq_metrics.json" if experiment.has_video and not experiment.preset.video.tokenizer.checkpoint else [],
         config=config_file,
     output:
         md=f"{analysis}/report.md",

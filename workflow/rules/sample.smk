@@ -1,14 +1,17 @@
-# Stage 3: sharded sampling → ADM npz, class grid, sampling.json (steps, latency, throughput).
+# Stage 3: sharded sampling → ADM npz (images) or clips npz (video), class grid (+ GIF/mp4 for video),
+# sampling.json (steps, latency, throughput).
 
 
 rule sample:
     input:
         model=model_file,
-        vq=experiment.vq_path(),
+        vq=tokenizer,
     output:
         npz=f"{results}/samples/{{run}}/samples.npz",
         meta=f"{results}/samples/{{run}}/sampling.json",
         grid=f"{results}/samples/{{run}}/grid.png",
+    wildcard_constraints:
+        run=experiment.run_pattern(video=False),
     log:
         f"{results}/logs/sample/{{run}}.log",
     benchmark:
@@ -24,3 +27,15 @@ rule sample:
     shell:
         "OMP_NUM_THREADS={threads} exec par sample --model {input.model} --vq {input.vq} --out {params.out} "
         "{params.args} > {log} 2>&1"
+
+
+# A video run's samples are clips: the same command, which also writes the animated grid (GIF) and an mp4.
+use rule sample as sample_video with:
+    output:
+        npz=f"{results}/samples/{{run}}/samples.npz",
+        meta=f"{results}/samples/{{run}}/sampling.json",
+        grid=f"{results}/samples/{{run}}/grid.png",
+        gif=f"{results}/samples/{{run}}/grid.gif",
+        mp4=f"{results}/samples/{{run}}/grid.mp4",
+    wildcard_constraints:
+        run=experiment.run_pattern(video=True),

@@ -8,7 +8,7 @@ localrules:
 
 rule train:
     input:
-        f"{results}/tokens/manifest.json",
+        tokens,
     output:
         f"{results}/models/{{run}}/model.pt",
     log:
