@@ -130,6 +130,31 @@ def claim(path: str | Path):
             held.release()
 
 
+def make_shards(shards, path_of, state, make, size_of, bar) -> tuple[list, list, list, list]:
+    """The loop of every sharded writer (clips, video tokens): claim shard k's file `path_of(k)`, tidy what a killed
+    writer left, keep it if `state(k)` is "complete", else `make(k)`; a shard another live process holds is left
+    to it. `bar` advances by `size_of(k)` for each kept or left shard (`make` advances it itself). Returns
+    (written, kept, others, what each `make` returned)."""
+    written, kept, others, made = [], [], [], []
+    for k in shards:
+        held = try_claim(path_of(k))
+        if held is None:  # another live worker is making it
+            others.append(k)
+            bar.update(size_of(k))
+            continue
+        try:
+            remove_stale_temps(path_of(k))
+            if state(k) == "complete":
+                kept.append(k)
+                bar.update(size_of(k))
+            else:
+                made.append(make(k))
+                written.append(k)
+        finally:
+            held.release()
+    return written, kept, others, made
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -34,7 +34,7 @@ import numpy as np
 
 from par.data.shards import ZIP_DATE, _array_headers, _npy_bytes
 from par.errors import UserError
-from par.io import atomic_path, remove_stale_temps, try_claim, write_manifest
+from par.io import atomic_path, make_shards, write_manifest
 from par.progress import Progress
 
 FORMAT = "par-video-clips"
@@ -194,30 +194,15 @@ def prepare_clips(source, out, *, shard_size: int = 256, shard: int = 0, num_sha
         raise UserError(f"--out {run.out}: exists and is not a folder; choose a folder for the clips")
     run.out.mkdir(parents=True, exist_ok=True)
     mine = list(range(shard, run.num_shards, num_shards))
-    written, kept, others, skipped = [], [], [], []
     mapper, close = _mapper(source, workers)
     try:
         with Progress(sum(run.shard_len(k) for k in mine), f"prepare-video {source.name}",
                       unit="clip", enable=progress) as bar:
-            for k in mine:
-                path = run.out / shard_name(k)
-                held = try_claim(path)
-                if held is None:  # another live worker is making it
-                    others.append(k)
-                    bar.update(run.shard_len(k))
-                    continue
-                try:
-                    remove_stale_temps(path)
-                    if run.state(k) == "complete":
-                        kept.append(k)
-                        bar.update(run.shard_len(k))
-                    else:
-                        skipped += _make_shard(run, k, mapper, bar)
-                        written.append(k)
-                finally:
-                    held.release()
+            written, kept, others, made = make_shards(mine, lambda k: run.out / shard_name(k), run.state,
+                                                      lambda k: _make_shard(run, k, mapper, bar), run.shard_len, bar)
     finally:
         close()
+    skipped = [item for items in made for item in items]
     missing = [k for k in range(run.num_shards) if not (run.out / shard_name(k)).exists()]
     manifest = str(finalize(run.out)) if not missing else None  # after our writes: the last writer sees all
     return {"shards_total": run.num_shards, "shards_mine": len(mine), "written": written, "kept": kept,

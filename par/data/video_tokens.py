@@ -27,7 +27,7 @@ from par.data.clips import VideoClips
 from par.data.shards import (CENTRE, FORMAT, VERSION, check_shard, codes_dtype, finalize, read_shard_meta, shard_name,
                              write_shard)
 from par.errors import UserError
-from par.io import remove_stale_temps, sha256_file, try_claim
+from par.io import make_shards, sha256_file
 from par.progress import Progress
 
 CROPS = (CENTRE, "hflip-" + CENTRE)
@@ -110,25 +110,9 @@ def tokenize_video(job: VideoTokenizeJob, shard: int = 0, num_shards: int = 1, p
     total = run.base["num_shards"]
     mine = list(range(shard, total, num_shards))
     sizes = {k: run.clips.manifest["shards"][k]["num_clips"] for k in mine}
-    written, kept, others = [], [], []
     with Progress(sum(sizes.values()), f"tokenize-video {len(mine)} shard(s)", unit="clip", enable=progress) as bar:
-        for k in mine:
-            path = run.out / shard_name(k)
-            held = try_claim(path)
-            if held is None:  # another live worker is making it
-                others.append(k)
-                bar.update(sizes[k])
-                continue
-            try:
-                remove_stale_temps(path)
-                if run.state(k) == "complete":
-                    kept.append(k)
-                    bar.update(sizes[k])
-                else:
-                    run.make(k, bar)
-                    written.append(k)
-            finally:
-                held.release()
+        written, kept, others, _ = make_shards(mine, lambda k: run.out / shard_name(k), run.state,
+                                               lambda k: run.make(k, bar), sizes.get, bar)
     missing = [k for k in range(total) if not (run.out / shard_name(k)).exists()]
     manifest = str(finalize(run.out)) if not missing else None  # after our writes: the last writer sees all
     return {"shards_total": total, "shards_mine": len(mine), "written": written, "kept": kept, "others": others,

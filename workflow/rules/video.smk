@@ -149,6 +149,7 @@ rule train_video_vq:
         test=lambda w, input: os.path.dirname(input.test),
         out=output_folder,
         args=experiment.video_vq_train_args(),
+    priority: 10  # the head of the critical path (tokens, then every training run): before the FVD reference
     threads: experiment.threads("video_tokenizer", 2)
     resources:
         **experiment.resources("video_tokenizer"),
