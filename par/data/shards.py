@@ -203,7 +203,7 @@ def _shard_entries(out: Path, meta0: dict, first_name: str) -> tuple[list[dict],
         path = out / shard_name(k)
         meta = _shard_meta_or_error(path)
         diff = [f for f in _COMMON if meta.get(f) != meta0.get(f)]
-        why = check_shard(meta, {"shard": k, **{f: meta0[f] for f in _COMMON}}, int(np.prod(meta0["grid"])))
+        why = check_shard(meta, {"shard": k, **{f: meta0.get(f) for f in _COMMON}}, int(np.prod(meta0["grid"])))
         if diff or why:
             raise UserError(f"{path}: does not belong with {first_name} ({why or 'differs in ' + ', '.join(diff)}); "
                             "delete the stray shards and re-run `par tokenize`")
