@@ -216,8 +216,8 @@ def _experiment(preset="tiny", edit=None):
 def test_train_flags_layer_the_preset_the_model_and_its_resources():
     e = _experiment("tiny")
     assert e.train_args("par-n4-noinit/s0") == (
-        "--ckpt-every 100 --class-dropout 0.1 --dropout 0.1 --global-batch 32 --initial-sequential false "
-        "--launcher auto --log-every 10 --lr 0.002 --max-steps 200 --n 4 --order par --schedule cosine "
+        "--ckpt-every 50 --class-dropout 0.1 --dropout 0.1 --global-batch 32 --initial-sequential false "
+        "--launcher auto --log-every 10 --lr 0.002 --max-steps 100 --n 4 --order par --schedule cosine "
         "--seed 0 --size tiny-S --warmup-epochs 1 --cpus-per-task 1 --gpus-per-node 0 --mem-gb 2 --nodes 1 "
         "--time-min 30")
     paper = _experiment("paper", lambda p: p["models"]["par-3B-n4"].update(resources="train_large"))
