@@ -98,7 +98,7 @@ def test_video_rule_flags():
     assert tiny.prepare_video_args("test") == ("--split test --frames 9 --num-videos 96 --shard-size 200 "
                                                "--size 32 --source moving-mnist --speed 2.0")  # heldout_videos
     assert tiny.video_vq_train_args() == ("--batch-size 8 --bits 8 --ch 8 --ch-mult 1,2,2 --frames 9 --heldout 16 "
-                                          "--lr 0.003 --steps 150 --temporal-downsample 1,1")  # the clips' frames
+                                          "--lr 0.003 --steps 100 --temporal-downsample 1,1")  # the clips' frames
     assert tiny.video_tokenize_args() == "" and tiny.video_slots == []
     sv = _experiment("small-video")
     assert "--frames 17 " in sv.video_vq_train_args() and "--item-size 16 " in sv.prepare_video_args("train")
