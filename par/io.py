@@ -10,7 +10,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from par.errors import as_environment_fault
+from par.errors import UserError, as_environment_fault
 
 
 def _umask() -> int:
@@ -128,6 +128,27 @@ def claim(path: str | Path):
     finally:
         if held is not None:
             held.release()
+
+
+def shard_state(path, read_meta, problem, command: str, quiet: bool = False) -> str:
+    """"missing", "unreadable" or "complete" for one shard file of a sharded writer (`par tokenize`,
+    `prepare-video`, `tokenize-video`): `read_meta(path)` reads its metadata, `problem(meta)` says why it does not
+    belong to this run (then a UserError: another run's shards are never overwritten silently)."""
+    import sys
+
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    try:
+        meta = read_meta(path)
+    except Exception as e:  # noqa: BLE001 — unreadable: ours to redo (writes are atomic, so rare)
+        if not quiet:
+            print(f"par {command}: {path} is unreadable ({type(e).__name__}: {e}); re-making it", file=sys.stderr)
+        return "unreadable"
+    why = problem(meta)
+    if why:
+        raise UserError(f"{path}: written by a different run ({why}); use a fresh --out or delete the old shards")
+    return "complete"
 
 
 def make_shards(shards, path_of, state, make, size_of, bar) -> tuple[list, list, list, list]:

@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import math
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 
 from par.data.shards import ZIP_DATE, _array_headers, _npy_bytes
 from par.errors import UserError
-from par.io import atomic_path, make_shards, write_manifest
+from par.io import atomic_path, make_shards, shard_state, write_manifest
 from par.progress import Progress
 
 FORMAT = "par-video-clips"
@@ -119,18 +118,7 @@ class _Run:
 
     def state(self, k: int) -> str:
         """"missing", "unreadable" or "complete"; UserError if another run's settings wrote it."""
-        path = self.out / shard_name(k)
-        if not path.exists():
-            return "missing"
-        try:
-            meta = read_meta(path)
-        except Exception as e:  # noqa: BLE001 — ours to redo (writes are atomic, so rare)
-            print(f"par prepare-video: {path} is unreadable ({type(e).__name__}: {e}); re-making it", file=sys.stderr)
-            return "unreadable"
-        why = _problem(meta, self.expect(k))
-        if why:
-            raise UserError(f"{path}: written by a different run ({why}); use a fresh --out or delete the old shards")
-        return "complete"
+        return shard_state(self.out / shard_name(k), read_meta, lambda m: _problem(m, self.expect(k)), "prepare-video")
 
 
 _WORKER_SOURCE = None

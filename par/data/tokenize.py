@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from par.data.crops import BadImage, crop_size, list_images, load_rgb, ten_crop_
 from par.data.shards import (CENTRE, CROP_ORDER, FORMAT, MANIFEST, NUM_CROPS, VERSION, check_shard, finalize, read_shard_meta,
                              shard_name, write_shard)
 from par.errors import UserError
-from par.io import remove_stale_temps, sha256_file, try_claim
+from par.io import remove_stale_temps, sha256_file, shard_state, try_claim
 from par.progress import Progress
 
 # Test hook: sleep this many seconds after each encoded batch (lets a test kill the process mid-run).
@@ -150,19 +149,8 @@ class _Run:
 
 def _shard_state(run: _Run, k: int, quiet: bool = False) -> str:
     """"missing", "unreadable" or "complete" (UserError if it was written by a different run)."""
-    path = run.out / shard_name(k)
-    if not path.exists():
-        return "missing"
-    try:
-        meta = read_shard_meta(path)
-    except Exception as e:  # noqa: BLE001 — unreadable: ours to redo (writes are atomic, so rare)
-        if not quiet:
-            print(f"par tokenize: {path} is unreadable ({type(e).__name__}: {e}); re-making it", file=sys.stderr)
-        return "unreadable"
-    why = check_shard(meta, run.expect(k), run.side ** 2)
-    if why:
-        raise UserError(f"{path}: written by a different run ({why}); use a fresh --out or delete the old shards")
-    return "complete"
+    return shard_state(run.out / shard_name(k), read_shard_meta, lambda m: check_shard(m, run.expect(k), run.side ** 2),
+                       "tokenize", quiet)
 
 
 def _sort_shards(run: _Run, mine: list[int]) -> tuple[list[int], list[int]]:

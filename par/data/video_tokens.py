@@ -16,7 +16,6 @@ are stored as int16, larger ones (the paper's 16-bit LFQ) as uint16.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from par.data.clips import VideoClips
 from par.data.shards import (CENTRE, FORMAT, VERSION, check_shard, codes_dtype, finalize, read_shard_meta, shard_name,
                              write_shard)
 from par.errors import UserError
-from par.io import make_shards, sha256_file
+from par.io import make_shards, sha256_file, shard_state
 from par.progress import Progress
 
 CROPS = (CENTRE, "hflip-" + CENTRE)
@@ -63,18 +62,8 @@ class _Run:
         return self.base | {"shard": k, "start": s["start"], "stop": s["stop"]}
 
     def state(self, k: int) -> str:
-        path = self.out / shard_name(k)
-        if not path.exists():
-            return "missing"
-        try:
-            meta = read_shard_meta(path)
-        except Exception as e:  # noqa: BLE001 — ours to redo (writes are atomic, so rare)
-            print(f"par tokenize-video: {path} is unreadable ({type(e).__name__}: {e}); re-making it", file=sys.stderr)
-            return "unreadable"
-        why = check_shard(meta, self.expect(k), int(np.prod(self.grid)))
-        if why:
-            raise UserError(f"{path}: written by a different run ({why}); use a fresh --out or delete the old shards")
-        return "complete"
+        return shard_state(self.out / shard_name(k), read_shard_meta,
+                           lambda m: check_shard(m, self.expect(k), int(np.prod(self.grid))), "tokenize-video")
 
     def make(self, k: int, bar) -> None:
         import torch
