@@ -255,7 +255,7 @@ def test_map_increase_and_figures(par, tmp_path):
         est = summary[key]
         assert est["lo"] <= est["mean"] <= est["hi"] and isinstance(est["method"], str), key
     assert [row["claim"] for row in summary["verdicts"]] == [entropy.CLAIM_NEAR, entropy.CLAIM_ORDER]
-    assert all(row["verdict"] in ("reproduced", "not resolved", "contradicted") for row in summary["verdicts"])
+    assert {row["verdict"] for row in summary["verdicts"]} <= {"reproduced", "not resolved", "contradicted (A worse)"}
     assert summary["difference_par_minus_raster"]["mean"] == pytest.approx(
         summary["increase_par"]["mean"] - summary["increase_raster"]["mean"])
     out = np.load(tmp_path / "map.npz")
@@ -322,10 +322,16 @@ def test_summary_does_not_resolve_independent_tokens():
 def test_verdict_rule():
     assert entropy.verdict(-1.0, 0.4) == "reproduced"
     assert entropy.verdict(-1.0, 0.6) == "not resolved"
-    assert entropy.verdict(1.0, 0.4) == "contradicted"
+    assert entropy.verdict(1.0, 0.4) == "contradicted (A worse)"
     assert entropy.verdict(0.0, 0.0) == "not resolved"
     assert entropy.verdict(float("nan"), 0.1) == "not resolved"
     assert entropy.verdict(1.0, 0.4, claimed_sign=+1) == "reproduced"
+    # the one rule of par.analysis.verdicts, the delta-method SE over held-out images its input at df = ∞
+    from par.analysis import verdicts
+
+    for d, se in ((-1.0, 0.4), (-1.0, 0.6), (0.5, 0.2), (-0.0392, 0.02), (-0.0391, 0.02)):
+        assert entropy.verdict(d, se) == verdicts.decide(verdicts.Welch(d, se, math.inf))[0]
+    assert entropy.verdict(-0.0393, 0.02) == "reproduced" and entropy.verdict(-0.0391, 0.02) == "not resolved"
 
 
 def test_influence_gives_the_sampling_error_of_a_gaussian_entropy():

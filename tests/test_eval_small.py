@@ -58,13 +58,35 @@ def test_kid_with_se_is_zero_for_one_distribution_and_positive_for_a_shift():
     shifted = rng.normal(0.5, 1.0, size=(600, 8))
     kid_s, se_s = kid_with_se(shifted, ref, blocks=10)
     assert se_s > 0 and kid_s > 3 * se_s and kid_s > kid
-    # the SE is the spread of the per-block values: sd / √blocks
-    blocks = [_kid_block(a, b) for a, b in zip(np.array_split(shifted, 10), np.array_split(ref, 10))]
+    # the SE is the spread of the per-block values of both sets shuffled (seed 0): sd / √blocks
+    blocks = [_kid_block(a, b) for a, b in zip(*(np.array_split(x, 10) for x in _shuffled(shifted, ref)))]
     assert kid_s == pytest.approx(np.mean(blocks)) and se_s == pytest.approx(np.std(blocks, ddof=1) / math.sqrt(10))
     assert kid_with_se(shifted[:6], ref[:40], blocks=10)[0] == pytest.approx(  # blocks capped by the smaller set
-        np.mean([_kid_block(a, b) for a, b in zip(np.array_split(shifted[:6], 3), np.array_split(ref[:40], 3))]))
+        np.mean([_kid_block(a, b) for a, b in zip(*(np.array_split(x, 3) for x in _shuffled(shifted[:6], ref[:40])))]))
     with pytest.raises(UserError, match="KID needs ≥ 4 samples"):
         kid_with_se(shifted[:3], ref, blocks=10)
+
+
+def _shuffled(feats, ref, seed=0):
+    rng = np.random.default_rng(seed)
+    return feats[rng.permutation(len(feats))], ref[rng.permutation(len(ref))]
+
+
+def test_kid_does_not_depend_on_the_order_of_a_class_sorted_reference():
+    """Issue 24's repro: reference features stored class-sorted (as par/data/reference.py keeps them), samples
+    from the same 10-cluster distribution in random label order. Cut into contiguous blocks, each reference block
+    is about one class and KID is large; both sides shuffled before cutting, it is zero within its error."""
+    rng = np.random.default_rng(3)
+    classes, per_class, dim = 10, 60, 16
+    centres = rng.normal(0, 3, (classes, dim))
+    ref = np.concatenate([centres[c] + rng.normal(size=(per_class, dim)) for c in range(classes)])  # class-sorted
+    labels = rng.integers(0, classes, classes * per_class)  # random label order, as samples come
+    samples = centres[labels] + rng.normal(size=(len(labels), dim))
+    contiguous = np.mean([_kid_block(a, b) for a, b in zip(np.array_split(samples, 10), np.array_split(ref, 10))])
+    kid, se = kid_with_se(samples, ref, blocks=10)
+    assert contiguous > 1.0  # the artefact: every block pair compares one class with all of them
+    assert abs(kid) < 3 * se and abs(kid) < contiguous / 100
+    assert kid_with_se(samples, ref[::-1].copy(), blocks=10)[0] == pytest.approx(kid, abs=3 * se)  # any order
 
 
 # ----------------------------------------------------------------------------------- sample_quality

@@ -3,6 +3,7 @@ verdicts; a report whose every link resolves inside the analysis folder, honest 
 lists, and (slow) the HTML in a real headless browser."""
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -11,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 
-from par.analysis import report, tables
+from par.analysis import report, tables, verdicts
 from par.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +82,8 @@ def make_results(root: Path, models: dict = MODELS, *, nll: bool = True, floors:
                                              "after": {"psnr_db": 28.4, "codebook_usage": 0.99},
                                              "train_images": 60000, "grid": [16, 16],
                                              "test": {"psnr_db": 28.1, "n_images": 10000}})
-    _write(root / "classifier" / "metrics.json", {"test_accuracy": 0.912, "n_test": 10000, "n_train": 60000})
+    _write(root / "classifier" / "metrics.json", {"test_accuracy": 0.912, "n_test": 10000, "n_train": 60000,
+                                                  "num_classes": 10})
     return preset
 
 
@@ -113,10 +116,7 @@ def test_cells_are_mean_and_standard_error_over_seeds(run):
 
 def test_one_seed_shows_the_runs_own_standard_error_only_where_it_has_one(run):
     _, _, out = run
-    md = (out / "tables" / "table3c.md").read_text()
-    header = [c.strip() for c in md.splitlines()[4].strip("|").split("|")]
-    cells = [c.strip() for c in next(x for x in md.splitlines() if x.startswith("| causal")).strip("|").split("|")]
-    row = dict(zip(header, cells))
+    row = _row((out / "tables" / "table3c.md").read_text(), "causal in group")
     assert row["seeds"] == "1"
     assert row["NLL / token ↓"] == "1.290 ± 0.002"  # nll_se
     assert row["class accuracy ↑"] == "0.910 ± 0.010"  # class_accuracy_se (an SE starting with 1: two digits)
@@ -154,7 +154,8 @@ def test_verdicts_are_written_with_the_tables(run):
     v = df.set_index(["comparison", "metric"])["verdict"]
     assert v[("table3d: distant multi better than raster multi", "NLL / token")] == "reproduced"
     assert v[("table3b: n=4 better than n=16", "classifier FID")] == "reproduced"
-    assert v[("table3e: M / XL better than S / L", "class accuracy")] == "reproduced"
+    # 2 vs 3 seeds: Welch df ≈ 1.7, t ≈ 5.6, so 0.05 ± 0.012 does not decide (|d| > 2·SE did)
+    assert v[("table3e: M / XL better than S / L", "class accuracy")] == "not resolved"
 
 
 def test_no_judgeable_claim_leaves_no_verdict_file(tmp_path, run):
@@ -180,6 +181,84 @@ def test_a_missing_result_file_is_one_clear_error(tmp_path):
     (tmp_path / "r" / "metrics" / "par-n4" / "s2.json").unlink()
     with pytest.raises(UserError, match=r"metrics/par-n4/s2\.json: result file missing; run the workflow"):
         tables.write_tables_for({"tables": TABLES}, preset, "small", tmp_path / "r", tmp_path / "t")
+
+
+def test_every_verdict_is_recomputed_from_runs_csv_alone(arpg_run):
+    preset, _, out = arpg_run
+    runs = pd.read_csv(out / "tables" / "runs.csv")
+    want = pd.read_csv(out / "tables" / "verdicts.csv")
+    got = verdicts.judge_runs(runs)
+    cols = ["comparison", "metric", "verdict", "difference", "se", "p", "p_holm", "family"]
+    pd.testing.assert_frame_equal(got[cols].reset_index(drop=True), want[cols], check_dtype=False)
+    assert len(want) > 10 and set(runs["kind"]) == {"run", "floor", "chance"}
+    with pytest.raises(UserError, match=r"runs\.csv: no column kind; write it with `par tables`"):
+        verdicts.judge_runs(runs.drop(columns="kind"))
+    assert len(runs[runs.kind == "run"]) == sum(e.get("seeds") or 1 for e in tables.entries(preset).values())
+    # and by another hand: each "better" claim between seeds is scipy's Welch t test on runs.csv's values
+    by_row = {spot: f for m, f in runs[runs.kind == "run"].groupby("model") for spot in f["rows"].iloc[0].split("; ")}
+    key = {m.label: m.key for m in verdicts.ALL_METRICS}
+    checked = 0
+    for r in want[(want.error_bar == "across seeds") & ~want.comparison.str.contains("≈")].itertuples():
+        table, text = r.comparison.split(": ", 1)
+        a, b = text.split(" better than ")
+        va, vb = by_row[f"{table}:{a}"][key[r.metric]], by_row[f"{table}:{b}"][key[r.metric]]
+        ref = stats.ttest_ind(va, vb, equal_var=False)
+        assert r.p == pytest.approx(ref.pvalue, rel=1e-6), r
+        assert (r.verdict == "not resolved") == (ref.pvalue >= 0.05), r
+        checked += 1
+    assert checked >= 8
+
+
+def test_runs_csv_records_steps_tokens_and_commits_or_says_unrecorded(tmp_path):
+    models = {m: MODELS[m] for m in ("raster-n1", "par-n4")}
+    preset = make_results(tmp_path / "r", models)
+    for k in range(3):  # raster-n1's runs were trained by a commit that recorded itself; par-n4's were not
+        _write(tmp_path / "r" / "models" / "raster-n1" / f"s{k}" / "config.json",
+               {"params": 400_000, "steps": 200, "train": {"global_batch": 64}, "model": {"grid": [16, 16]},
+                "commit": "abc1234"})
+    sampling = tmp_path / "r" / "samples" / "par-n4" / "s0" / "sampling.json"
+    _write(sampling, json.loads(sampling.read_text()) | {"commit": "def5678+dirty"})
+    tables.write_tables_for({"tables": TABLES}, preset, "small", tmp_path / "r", tmp_path / "a" / "tables")
+    runs = pd.read_csv(tmp_path / "a" / "tables" / "runs.csv").set_index(["model", "run"])
+    assert runs.loc[("raster-n1", "s1"), "train_commit"] == "abc1234"
+    assert runs.loc[("raster-n1", "s1"), "tokens_seen"] == 200 * 64 * 256 and runs.loc[("raster-n1", "s1"),
+                                                                                        "train_steps"] == 200
+    assert runs.loc[("par-n4", "s1"), "train_commit"] == "unrecorded" and math.isnan(runs.loc[("par-n4", "s1"),
+                                                                                              "tokens_seen"])
+    assert runs.loc[("par-n4", "s0"), "sample_commit"] == "def5678+dirty"
+    assert runs.loc[("raster-n1", "s0"), "nll_se"] == 0.002 and "class_accuracy_se" in runs
+    md = report.render_report({"tables": TABLES}, preset, "small", tmp_path / "r", tmp_path / "a").read_text()
+    prov = md[md.index("## Provenance"):]
+    assert "- runs trained at: `abc1234` (3 runs), `unrecorded` (3 runs)" in prov
+    assert "- runs sampled at: `unrecorded` (5 runs), `def5678+dirty` (1 run)" in prov
+
+
+def test_a_metric_at_its_reconstruction_floor_gives_no_verdict(tmp_path):
+    models = {m: MODELS[m] for m in ("raster-n1", "par-n4", "par-n16")}
+    preset = make_results(tmp_path / "r", models)
+    _write(tmp_path / "r" / "floors" / "recon.json", _metrics(1.255, 10000))  # classifier FID 25.5: n=1's and n=4's
+    tables.write_tables_for({"tables": TABLES}, preset, "small", tmp_path / "r", tmp_path / "t")
+    v = pd.read_csv(tmp_path / "t" / "verdicts.csv").set_index(["comparison", "metric"])
+    assert v.loc[("table3b: n=4 ≈ n=1", "classifier FID"), "verdict"] == "uninformative here (at floor)"
+    assert v.loc[("table3b: n=4 better than n=16", "classifier FID"), "verdict"] == "reproduced"  # n=16: above it
+    assert math.isnan(v.loc[("table3b: n=4 ≈ n=1", "classifier FID"), "p"])  # not in the Holm family
+    assert "**Uninformative here (at floor / at chance)**" in (tmp_path / "t" / "verdicts.md").read_text()
+
+
+def test_wide_tables_are_split_into_parts_that_repeat_the_row_label(run):
+    _, _, out = run
+    md = (out / "tables" / "table3b.md").read_text()
+    headers = [line for line in md.splitlines() if line.startswith("| row ")]
+    assert len(headers) >= 2  # every column of the fixture does not fit one page
+    row = _row(md, "n=4")
+    assert row["NLL / token ↓"] == "1.260 ± 0.006" and row["reference"] == "1000"  # first part and last part
+    df = pd.DataFrame({"row": ["a"], "x": ["1.0 ± 0.1"]})
+    assert tables.column_groups(df) == [["row", "x"]]  # a narrow table stays whole
+    wide = pd.DataFrame({"row": ["a"]} | {f"c{i}": ["1.000 ± 0.010"] for i in range(30)})
+    groups = tables.column_groups(wide)
+    assert len(groups) > 1 and all(g[0] == "row" for g in groups)
+    assert [c for g in groups for c in g[1:]] == list(wide.columns[1:])
+    assert all(sum(tables.column_width(wide, c) for c in g) <= tables.PAGE_CHARS for g in groups)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -287,10 +366,15 @@ def arpg_run(tmp_path):
 
 
 def _row(md: str, label: str) -> dict:
-    lines = md.splitlines()
-    header = next(x for x in lines if x.startswith("| row "))
+    """The cells of row `label`, over every part of a table split to fit the page."""
     cells = lambda x: [c.strip() for c in x.strip("|").split("|")]  # noqa: E731
-    return dict(zip(cells(header), cells(next(x for x in lines if x.startswith(f"| {label} ")))))
+    out, header = {}, None
+    for line in md.splitlines():
+        if line.startswith("| row "):
+            header = cells(line)
+        elif header and line.startswith(f"| {label} "):
+            out |= dict(zip(header, cells(line)))
+    return out
 
 
 def test_arpg_rows_mark_their_nll_as_a_bound_and_say_why(arpg_run):
@@ -318,7 +402,9 @@ def test_arpg_is_judged_on_sample_quality_only(arpg_run):
     assert set(zip(arpg.comparison, arpg.metric)) == {
         (f"table2: ARPG, PAR n={n}'s steps better than PAR n={n}", m)
         for n in (4, 16) for m in ("classifier FID", "class accuracy")}
-    assert set(arpg.verdict) == {"contradicted"}  # worse FID and accuracy than PAR at the same steps
+    got = dict(zip(arpg.comparison, arpg.verdict))  # worse FID and accuracy than PAR at the same steps
+    assert got["table2: ARPG, PAR n=16's steps better than PAR n=16"] == "contradicted (A worse)"  # 3 ± 0.8, df 4
+    assert got["table2: ARPG, PAR n=4's steps better than PAR n=4"] == "not resolved"  # 2 ± 0.8: t(4) = 2.78
     assert "NLL / token" in set(df.metric)  # the other claims still are judged on NLL
     assert "never on NLL" in (out / "tables" / "verdicts.md").read_text()
 
@@ -340,7 +426,7 @@ def test_the_report_says_what_the_arpg_rows_are_and_their_verdicts(arpg_run):
             "3 seeds; beside **PAR n=4** (`par-n4`, PAR n=4): 67 steps, 400,001 parameters, 3 seeds.") in section
     assert "**ARPG, PAR n=16's steps** (`arpg-n16steps`" in section and "upper bound" in section
     lines = [x for x in section.splitlines() if x.startswith("- table2: ")]
-    assert len(lines) == 4 and all(x.endswith("→ **contradicted**") for x in lines)
+    assert len(lines) == 4 and all(x.endswith("→ **contradicted (A worse)**") == ("n=16" in x) for x in lines)
     assert not any("NLL" in x for x in lines)
     assert "**ARPG, 19 steps, arccos schedule** (`arpg-n16steps`)" in md  # its sample grid
 
@@ -362,6 +448,23 @@ def test_the_speed_figure_draws_arpg_as_its_own_points(arpg_run, monkeypatch):
     assert [ax.get_ylabel() for ax in figs[0].axes[2:4]] == ["NLL / token ↓ (ARPG: upper bound)"] * 2
 
 
+def test_an_off_scale_floor_is_named_in_the_legend_not_drawn_on_the_axes(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    preset = make_results(tmp_path / "r", {m: MODELS[m] for m in ("raster-n1", "par-n4", "par-n4-causal")})
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    path = report.speed_plot(preset, tmp_path / "r", tmp_path / "f.png")
+    legend = [t.get_text() for t in figs[0].legends[0].get_texts()]
+    # classifier FID: models 24–29; the floors 0 (real) and 10 (reconstruction) would squash them
+    assert "floor: real images: 0 (off scale, below)" in legend
+    assert "floor: VQ reconstruction: 10 (off scale, below)" in legend
+    assert not any(ax.texts for ax in figs[0].axes)  # no label sitting on another floor's line
+    from PIL import Image
+
+    assert Image.open(path).size[0] <= 1200  # fits the report's page (legend below the panels, not beside)
+
+
 def test_released_arpg_weights_show_the_readmes_numbers_as_reported(tmp_path):
     entry = {"size": "GPT-L", "order": "arpg", "checkpoint_url": "https://x/arpg_300m.pt", "score_nll": False,
              "arpg_steps": 64, "arpg_schedule": "cosine"}
@@ -381,22 +484,79 @@ def test_released_arpg_weights_show_the_readmes_numbers_as_reported(tmp_path):
 # ------------------------------------------------------------------------------------------ in a browser
 
 
+def _tiny_report(tmp_path: Path) -> Path:
+    """The tiny preset of config.yaml, image and video models, as a synthetic results tree; its report."""
+    from test_table4 import make_video_results
+
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    tiny = cfg["presets"]["tiny"]["models"]
+    video = {m: e for m, e in tiny.items() if tables.is_video(e)}  # the video half writes its own files
+    models = {m: (e, [1.3 + i / 100] * (e.get("seeds") or 1)) for i, (m, e) in enumerate(tiny.items())
+              if m not in video}
+    make_results(tmp_path / "r", models, nll=False, floors=False)
+    make_video_results(tmp_path / "r", {m: (e, [50.0 + i] * (e.get("seeds") or 1), [2.0 + i / 100] *
+                                            (e.get("seeds") or 1)) for i, (m, e) in enumerate(video.items())},
+                       floors=False, vq=False)
+    tables.write_tables(ROOT / "config.yaml", "tiny", tmp_path / "r", tmp_path / "a" / "tables")
+    return report.build_report(ROOT / "config.yaml", "tiny", tmp_path / "r", tmp_path / "a")
+
+
+def _report_of(kind: str, tmp_path: Path) -> Path:
+    """report.md of a synthetic preset: "small" (every image table, ARPG), "small-video" (video only), "tiny"."""
+    if kind == "tiny":
+        return _tiny_report(tmp_path)
+    if kind == "small-video":
+        from test_table4 import ALL_TABLES, make_video_results
+
+        preset, spec = make_video_results(tmp_path / "results"), ALL_TABLES
+    else:
+        preset, spec = make_results(tmp_path / "results", MODELS | ARPG), ARPG_TABLES
+    out = tmp_path / "analysis"
+    tables.write_tables_for({"tables": spec}, preset, kind, tmp_path / "results", out / "tables")
+    return report.render_report({"tables": spec}, preset, kind, tmp_path / "results", out)
+
+
+def test_a_video_only_report_shows_only_what_its_preset_has(tmp_path):
+    md = _report_of("small-video", tmp_path).read_text()
+    for absent in ("class accuracy", "ARPG", "FID", "No model of preset", "at chance"):
+        assert absent not in md, absent
+    assert "Welch–Satterthwaite" in md and "FVD" in md and "Many claims at once" in md
+    small = _report_of("small", tmp_path / "small").read_text()
+    assert "class accuracy" in small and "ARPG vs PAR is judged on sample quality only" in small
+
+
+PAGE = {"width": 1280, "height": 900}  # the reader's window (issue 25: the report reads at 1280 px)
+OVERFLOW = """() => {
+  const doc = document.documentElement, wide = [];
+  for (const el of document.querySelectorAll('table, pre, img, p')) {
+    const r = el.getBoundingClientRect();
+    if (el.scrollWidth > el.clientWidth + 1 || r.right > window.innerWidth + 1)
+      wide.push(el.tagName + ' ' + Math.round(r.right) + ' ' + (el.getAttribute('src') || el.textContent.slice(0, 60)));
+  }
+  return {scroll: doc.scrollWidth, client: doc.clientWidth, wide};
+}"""
+
+
 @pytest.mark.slow
-def test_report_html_in_a_headless_browser(run):
-    """Every image loads and every Markdown list is an HTML list, in Debian's chromium driven by Playwright."""
+@pytest.mark.parametrize("kind", ["small", "small-video", "tiny"])
+def test_report_html_in_a_headless_browser(kind, tmp_path):
+    """Every image loads, every Markdown list is an HTML list, and the page reads at 1280 px without horizontal
+    scrolling (no table, code block or figure wider than the window), in Debian's chromium driven by Playwright."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright missing (pip install playwright)")
-    preset, results, out = run
-    md = report.render_report({"tables": TABLES}, preset, "small", results, out).read_text()
+    md_path = _report_of(kind, tmp_path)
+    md = md_path.read_text()
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto((out / "report.html").resolve().as_uri(), wait_until="load")
+        page = browser.new_page(viewport=PAGE)
+        page.goto((md_path.parent / "report.html").resolve().as_uri(), wait_until="load")
         widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.getAttribute('src'), i.naturalWidth])")
         items = page.eval_on_selector_all("ul > li", "lis => lis.length")
         lists = page.eval_on_selector_all("ul", "uls => uls.length")
+        overflow = page.evaluate(OVERFLOW)
         browser.close()
     assert len(widths) == md.count("![") and all(w > 0 for _, w in widths), widths
     assert lists == md.count("\n\n- ") and items == len(re.findall(r"^- ", md, re.M))
+    assert overflow["scroll"] <= overflow["client"] and not overflow["wide"], overflow

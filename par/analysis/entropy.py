@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from par.analysis import verdicts
 from par.core.order import Order
 from par.data.shards import CENTRE, MANIFEST, TokenShards, centre_crop_index, crop_order_of, default_crop_order
 from par.config import EntropySettings, field_metadata as _field_meta
@@ -496,8 +497,10 @@ CLAIM_NEAR = "entropy: lower conditional entropy near the reference token"
 CLAIM_ORDER = "entropy: PAR order's entropy increase below raster's"
 # ASCII only: these strings travel into reports (Markdown, HTML, LaTeX).
 VERDICT_RULE = (
-    "reproduced if the 95% interval of the difference (difference +/- 1.96*se) lies entirely below 0, "
-    "the side the paper claims; contradicted if it lies entirely above 0; otherwise not resolved"
+    "the one rule of par/analysis/verdicts.py (a 'better' claim, two-sided 95%) on the difference and its "
+    "delta-method se over thousands of held-out images (df infinite, so t = 1.96): reproduced if the difference "
+    "is below 0, the side the paper claims, by more than 1.96*se; contradicted (A worse) if above 0 by more; "
+    "otherwise not resolved"
 )
 INTERVAL_METHOD = (
     "delta method over the held-out images: influence function of the Gaussian log-determinant, estimates on "
@@ -527,13 +530,16 @@ def _estimate(terms) -> dict:
             "held_out_images": held_out, "num_images": num}
 
 
+def _decide(difference: float, se: float, claimed_sign: int = -1) -> tuple[str, float]:
+    """(verdict, p) by the one verdict rule (`verdicts.decide`); the delta-method SE is its input, over thousands
+    of held-out images, so df = ∞. claimed_sign = -1: the paper says the difference is negative."""
+    v, p, _ = verdicts.decide(verdicts.Welch(float(difference), float(se), math.inf), lower_is_better=claimed_sign < 0)
+    return v, p
+
+
 def verdict(difference: float, se: float, claimed_sign: int = -1) -> str:
-    """reproduced / contradicted / not resolved: does the 95 % interval difference ± 1.96·se exclude 0 on
-    the claimed side (claimed_sign = -1: the paper says the difference is negative), the other, or neither?"""
-    if not (np.isfinite(difference) and np.isfinite(se)):
-        return "not resolved"
-    lo, hi = sorted((claimed_sign * (difference - Z95 * se), claimed_sign * (difference + Z95 * se)))
-    return "reproduced" if lo > 0 else "contradicted" if hi < 0 else "not resolved"
+    """reproduced / contradicted (A worse) / not resolved for a difference and its SE (`_decide`)."""
+    return _decide(difference, se, claimed_sign)[0]
 
 
 def _verdict_row(claim: str, est: dict | None, missing: str) -> dict:
@@ -541,12 +547,12 @@ def _verdict_row(claim: str, est: dict | None, missing: str) -> dict:
     if est is None:
         return {**row, "difference": None, "se": None, "lo": None, "hi": None, "verdict": "not resolved",
                 "images_to_resolve": None, "note": missing}
-    v = verdict(est["mean"], est["se"])
+    v, p = _decide(est["mean"], est["se"])
     # The standard error falls as 1/√images: the 95 % interval would exclude 0 at the observed effect from this many.
     need = (math.ceil(est["num_images"] * (Z95 * est["se"] / est["mean"]) ** 2)
             if v == "not resolved" and est["mean"] != 0 and est["num_images"] else None)
-    return {**row, "difference": est["mean"], "se": est["se"], "lo": est["lo"], "hi": est["hi"], "verdict": v,
-            "images_to_resolve": need}
+    return {**row, "difference": est["mean"], "se": est["se"], "df": math.inf, "p": p, "lo": est["lo"],
+            "hi": est["hi"], "verdict": v, "images_to_resolve": need}
 
 
 def _neighbour_cells(ref, shape) -> list[tuple[int, int]]:

@@ -18,47 +18,17 @@ import math
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
-from par import io
+from par import io, provenance
 from par.analysis import tables, verdicts
 from par.config import add_run_arguments, load_config
 from par.errors import UserError
+from par.provenance import git_provenance
 
 SMOKE_TEST = ("**This is a smoke test of the plumbing, not evidence.** The `tiny` preset runs every stage in minutes "
               "on a CPU with models and sample counts far too small for its numbers to support or refute any claim "
               "of the paper; the `small` preset is the one whose numbers mean something.")
-
-# ------------------------------------------------------------------------------------------ provenance
-
-
-def _git(args, cwd) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout
-
-
-def git_provenance(analysis: str | Path = "analysis", cwd: str | Path | None = None) -> str:
-    """`<commit> (clean)`, or `<commit> with uncommitted changes (files…)`. The report's own output folder
-    (`analysis/`, and `analysis` wherever it lies in the repository) does not count: the run rewrites it."""
-    try:
-        top = _git(["rev-parse", "--show-toplevel"], cwd).strip()
-        sha = _git(["rev-parse", "HEAD"], top or cwd).strip() or "unknown"
-        if not top:
-            return sha
-        excluded = {"analysis"}
-        rel = os.path.relpath(Path(analysis).resolve(), Path(top).resolve())
-        if not rel.startswith(".."):
-            excluded.add(rel)
-        spec = ["--", "."] + [f":(exclude){p}" for p in sorted(excluded)]
-        status = _git(["status", "--porcelain", "--untracked-files=no", *spec], top)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    files = [line[3:] for line in status.splitlines() if line.strip()]  # porcelain: "XY path"
-    if not files:
-        return f"{sha} (clean)"
-    shown = ", ".join(files[:8]) + (f", … ({len(files)} files)" if len(files) > 8 else "")
-    return f"{sha} with uncommitted changes ({shown})"
-
 
 # ------------------------------------------------------------------------------------------ figures
 
@@ -88,18 +58,34 @@ def _errorbar(ax, stats: dict, xkey: str, ykey: str, label: str, style: dict) ->
     ax.errorbar(x.mean, y.mean, xerr=zero(x), yerr=zero(y), ms=5, capsize=3, label=label, **style)
 
 
-def _floor_lines(ax, floors: dict[str, float]) -> None:
-    """Floors as dashed lines. A floor far off the models' range (it would more than double the axis and squash
-    the differences between models) is named in a corner instead."""
+def _floor_lines(ax, floors: dict) -> None:
+    """Floors (label → `Stat`) as dashed lines. A floor far off the models' range (it would more than double the
+    axis and squash the differences between models) is named in the legend instead, with its value and side: a
+    label drawn on the axes would sit on the other floor's line."""
     lo, hi = ax.get_ylim()
-    off = []
-    for i, (label, y) in enumerate(floors.items()):
+    for i, (label, st) in enumerate(floors.items()):
+        y = st.mean
         if max(hi, y) - min(lo, y) <= 2 * (hi - lo):
             ax.axhline(y, ls=("--", ":")[i % 2], lw=1.2, color="0.35", label=label)  # grey: not a model's colour
         else:
-            off.append(f"{label}: {y:.4g} (off scale)")
-    if off:
-        ax.text(0.01, 0.01, "\n".join(off), transform=ax.transAxes, fontsize=7, va="bottom", color="0.3")
+            side = "below" if y < lo else "above"
+            ax.plot([], [], ls="none", label=f"{label}: {verdicts.format_pm(y, st.se)} (off scale, {side})")
+    ax.set_ylim(lo, hi)
+
+
+def _legend(fig, axes) -> None:
+    """One legend under the panels for every label of every panel (a floor can be off scale in one panel only),
+    so that the figure is no wider than its panels."""
+    seen = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, h)
+    fig.legend(list(seen.values()), list(seen), loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8,
+               frameon=False, ncol=min(3, max(1, len(seen))))
+
+
+FIGURE_DPI = 110
+FIGURE_WIDTH_PX = 1000  # the panels' width: inside the report's 1200-px page with the axis labels around it
 
 
 def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = None,
@@ -124,7 +110,7 @@ def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = No
     if any(tables.is_arpg(models[m]) for m in has("nll")):
         ys = [(k, label + " (ARPG: upper bound)" if k == "nll" else label) for k, label in ys]
     floors = {f: tables.summarize(fr) for f, fr in tables.read_floors(results, kind).items()}
-    fig, axes = plt.subplots(len(ys), 2, figsize=(10, 3.6 * len(ys)), squeeze=False)
+    fig, axes = plt.subplots(len(ys), 2, figsize=(FIGURE_WIDTH_PX / FIGURE_DPI, 3.6 * len(ys)), squeeze=False)
     unit = "clip" if kind == "video" else "image"
     for row, (ykey, ylabel) in enumerate(ys):
         for col, (xkey, xlabel) in enumerate((("steps", "forward calls (steps)"),
@@ -132,17 +118,16 @@ def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = No
             ax = axes[row][col]
             for m in has(ykey):
                 _errorbar(ax, summary[m], xkey, ykey, labels[m], styles[m])
-            _floor_lines(ax, {tables.FLOORS[f][0]: st[ykey].mean for f, st in floors.items() if ykey in st
+            _floor_lines(ax, {tables.FLOORS[f][0]: st[ykey] for f, st in floors.items() if ykey in st
                               and st[ykey].n})
             ax.set_xlabel(xlabel)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.suptitle(f"Speed vs. quality{' (video)' if kind == 'video' else ''} (mean ± SE over seeds)")
     fig.tight_layout()
+    _legend(fig, axes)
     with io.atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -219,8 +204,9 @@ def _how_to_read(tolerance: float = verdicts.TOLERANCE) -> list[str]:
             "- **Floors**: the same metrics for held-out real images (real vs real) and for the same images passed "
             "through the VQ tokenizer (reconstruction). No model trained on these tokens can be expected to beat "
             "the reconstruction floor, so they show how much of a number is the tokenizer's.",
-            "- **Verdicts**: reproduced / not resolved / contradicted by the rule stated in the Verdicts section "
-            f"(twice the standard error of the difference; ≈ claims within ±{tolerance:.0%}).", ""]
+            "- **Verdicts**: reproduced / not resolved / contradicted (A worse) / uninformative here by the rule "
+            "stated in the Verdicts section (Welch's t test at 95 %; ≈ claims: A not worse than B by more than "
+            f"{tolerance:.0%} of B).", ""]
 
 
 def _verdict_rows(analysis: Path, video: bool):
@@ -242,7 +228,7 @@ def _verdicts(analysis: Path, with_video: bool = False) -> list[str]:
     if not md.exists() or (rows is not None and rows.empty):
         return ["## Verdicts", "", "_No claim of Table 3 could be judged: this preset lacks the rows or the metrics a "
                 "comparison needs._", ""]
-    text = md.read_text().rstrip() if rows is None else f"{verdicts.rule_text()}\n\n{verdicts.to_markdown(rows)}"
+    text = md.read_text().rstrip() if rows is None else f"{verdicts.rule_text(rows)}\n\n{verdicts.to_markdown(rows)}"
     return ["## Verdicts", "", "Each claim of the paper's Table 3, judged separately on NLL and on sample quality; "
             "ARPG's claim over Table 2 on sample quality only (see ARPG below).", "", text, ""]
 
@@ -382,8 +368,8 @@ def _video_how_to_read() -> list[str]:
 def _paper_gap() -> str:
     """How far apart the paper's own FVDs of its ≈ claim are, against the rule's tolerance."""
     a, b = tables.PAPER["ucf-par-n4"]["fvd"], tables.PAPER["ucf-par-n1"]["fvd"]
-    return (f"For scale: in the paper PAR-4×'s FVD is {a / b - 1:+.1%} of PAR-1×'s ({a} vs {b}), outside the "
-            f"±{verdicts.TOLERANCE:.0%} tolerance this rule gives an ≈ claim.")
+    return (f"For scale: in the paper PAR-4×'s FVD is {a / b - 1:+.1%} of PAR-1×'s ({a} vs {b}), worse by more "
+            f"than the {verdicts.TOLERANCE:.0%} margin this rule gives an ≈ claim.")
 
 
 def _video_verdicts(analysis: Path, with_images: bool) -> list[str]:
@@ -394,7 +380,8 @@ def _video_verdicts(analysis: Path, with_images: bool) -> list[str]:
                         "needs._", ""]
     parts += ["Each claim of the paper's Table 4, judged separately on NLL and on FVD.", ""]
     if with_images:
-        parts += ["By the rule of the Verdicts section." + verdicts.VIDEO_RULE, "", verdicts.to_markdown(rows)]
+        parts += ["By the rule of the Verdicts section." + verdicts.VIDEO_RULE + " " + verdicts.family_text(rows), "",
+                  verdicts.to_markdown(rows)]
     else:
         parts += [md.read_text().rstrip()]
     return parts + ["", _paper_gap(), ""]
@@ -434,10 +421,29 @@ def _video(cfg: dict, preset: dict, results: Path, analysis: Path, grids: dict, 
     return parts + _video_samples(preset, results, grids, gifs, rel)
 
 
+def _run_commits(analysis: Path) -> list[str]:
+    """The commits the runs were trained and sampled at (tables/runs.csv), each with its number of runs; runs made
+    before commits were recorded count as "unrecorded"."""
+    import pandas as pd
+
+    csv = analysis / "tables" / tables.RUNS_NAME
+    if not csv.exists():
+        return []
+    runs = pd.read_csv(csv)
+    runs = runs[runs["kind"] == "run"]
+    out = []
+    for col, what in (("train_commit", "trained"), ("sample_commit", "sampled")):
+        counts = runs[col].fillna(provenance.UNRECORDED).value_counts() if col in runs else {}
+        out.append(f"- runs {what} at: " + (", ".join(f"`{c}` ({n} run{'s' * (n != 1)})" for c, n in counts.items())
+                                            or provenance.UNRECORDED))
+    return out
+
+
 def _provenance(preset_name: str, preset: dict, results: Path, analysis: Path) -> list[str]:
     import yaml
 
-    return ["## Provenance", "", f"- git commit: `{git_provenance(analysis)}`", f"- results: `{results}`", "",
+    return ["## Provenance", "", f"- report rendered at git commit: `{git_provenance(analysis)}`",
+            *_run_commits(analysis), f"- results: `{results}`", "",
             "Configuration of this preset:", "", "```yaml",
             yaml.safe_dump({"preset": preset_name, **preset}, sort_keys=False, allow_unicode=True).rstrip(), "```", ""]
 
@@ -460,10 +466,13 @@ def space_lists(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45}"
-         "table{border-collapse:collapse;margin:1em 0;font-size:90%;display:block;overflow-x:auto}"
-         "td,th{border:1px solid #ccc;padding:3px 8px}td[style*=right]{white-space:nowrap}"
-         "img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto}")
+# The page reads at 1280 px without horizontal scrolling: tables are split to fit it (`tables.column_groups`) and
+# their text wraps (numbers do not), figures shrink to the page, long words and code lines wrap.
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;line-height:1.45;"
+         "overflow-wrap:anywhere}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:90%;overflow-wrap:normal}"
+         "td,th{border:1px solid #ccc;padding:3px 6px}td[style*=right]{white-space:nowrap}"
+         "img{max-width:100%;height:auto}pre{background:#f5f5f5;padding:1em;white-space:pre-wrap}")
 
 
 def to_html(text: str, title: str) -> str:

@@ -9,6 +9,11 @@ NLL). `floors/{real,recon}.json`, when present, add the rows no model can beat. 
 "–" with its reason in a footnote. The only literal numbers here are the paper's reported values (`PAPER`),
 printed in their own, labelled columns for the `paper` presets and `ucf101`.
 
+`runs.csv` beside the tables holds the per-run data behind every cell: one row per (model, run) with every metric,
+its own SE, training steps, tokens seen and the commits that trained and sampled it ("unrecorded" for runs made
+before commits were recorded), then the floors and chance. The verdicts are judged from it alone. A table too wide
+for the report's page is split into parts that repeat the row label (`column_groups`).
+
 Table 4 (video) is built the same way from the models with `modality: video`: `par fvd` writes their
 `metrics/<model>/s<k>.json` (FVD and its bootstrap SE over generated clips), their latency is seconds per clip, and
 its floors are `floors/video-{real,recon}.json` (real clips; the video tokenizer's reconstruction, rFVD). A table
@@ -29,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from par import io
+from par import io, provenance
 from par.analysis import verdicts
 from par.analysis.verdicts import Stat, format_pm, format_value, mean_se
 from par.config import add_run_arguments, load_config
@@ -187,15 +192,25 @@ def read_run(results: Path, model: str, run: str, trained: str | None = None) ->
             row["fvd_protocol"] = str(m["protocol"] or "none")
     if (m.get("classifier") or {}).get("test_accuracy") is not None:
         row["classifier_test_accuracy"] = float(m["classifier"]["test_accuracy"])
-    cfg = results / "models" / (trained or model) / run / "config.json"
-    if cfg.exists():
-        row["params"] = _num(json.loads(cfg.read_text()).get("params"))
+    row |= {"sample_commit": provenance.recorded(s)} | _training(results / "models" / (trained or model) / run)
     nll = results / "nll" / model / f"{run}.json"
     if nll.exists():
         d = json.loads(nll.read_text())
         row |= {"nll": _num(d.get("nll")), "nll_se": _num(d.get("nll_se")),
                 "nll_bound": float(d.get("kind", "exact") == NLL_BOUND), "nll_orders": _num(d.get("orders_per_image"))}
     return row, [f"{k}: {why}" for k, why in m.get("unavailable", {}).items()]
+
+
+def _training(run_dir: Path) -> dict:
+    """What a run's config.json (`par train`) says: parameters, training steps, tokens seen (steps × global batch ×
+    tokens per image or clip) and the commit that trained it; "unrecorded" / NaN where it does not say."""
+    cfg = run_dir / "config.json"
+    d = _load(cfg, "retrain the run (snakemake all_tables)") if cfg.exists() else {}
+    steps, batch = d.get("steps"), (d.get("train") or {}).get("global_batch")
+    grid = (d.get("model") or {}).get("grid")
+    tokens = steps * batch * math.prod(grid) if steps and batch and grid else None
+    return ({"params": _num(d.get("params"))} if "params" in d else {}) | {
+        "train_steps": _num(steps), "tokens_seen": _num(tokens), "train_commit": provenance.recorded(d)}
 
 
 def model_runs(results: Path, model: str, entry: dict):
@@ -502,10 +517,48 @@ def markdown_table(df) -> str:
     return df.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
+# The report's page (report.STYLE: 1200 px at 90 % font, ~7.5 px a character) holds about this many characters of
+# table a line; a wider table is split into parts that each repeat the row label, so that it reads without
+# horizontal scrolling at 1280 px.
+PAGE_CHARS = 130
+CELL_PAD = 2  # a cell's padding and border, in characters
+TEXT_WRAP = 14  # a text column wraps at spaces: it takes about this many characters when its text is longer
+
+
+def column_width(df, col: str) -> int:
+    """Characters a column takes on the page: numbers never wrap (their widest cell), text and headers wrap at
+    spaces (their longest word, a text column at least TEXT_WRAP when it is longer)."""
+    cells = [str(c) for c in df[col]]
+    words = max((len(w) for x in [*cells, col] for w in x.split()), default=1)
+    if col in TEXT:
+        return max(words, min(TEXT_WRAP, max(map(len, cells), default=0))) + CELL_PAD
+    return max(words, max(map(len, cells), default=0)) + CELL_PAD
+
+
+def column_groups(df, width: int = PAGE_CHARS) -> list[list[str]]:
+    """The columns in groups that each fit `width` characters, in order; every group after the first starts
+    with the row label (the first column) again. One group when the table fits."""
+    key, rest = df.columns[0], list(df.columns[1:])
+    groups, used = [[key]], column_width(df, key)
+    for col in rest:
+        w = column_width(df, col)
+        if used + w > width and len(groups[-1]) > 1:
+            groups.append([key])
+            used = column_width(df, key)
+        groups[-1].append(col)
+        used += w
+    return groups
+
+
+def split_markdown(df) -> str:
+    """`markdown_table`, split by `column_groups` into tables that fit the page, one after the other."""
+    return "\n\n".join(markdown_table(df[cols]) for cols in column_groups(df))
+
+
 def _markdown(title: str, table: Table, preset_name: str, results: Path) -> str:
     intro = (f"Preset `{preset_name}`; every value is read from `{results}`."
              + (" Columns marked (paper) are the paper's reported numbers." if reports_paper(preset_name) else ""))
-    text = f"### {title}\n\n{intro}\n\n{markdown_table(table.shown)}\n\nNotes:\n\n"
+    text = f"### {title}\n\n{intro}\n\n{split_markdown(table.shown)}\n\nNotes:\n\n"
     text += "".join(f"- {n}\n" for n in table.notes)
     if table.unavailable:
         text += "\nUnavailable:\n\n" + "".join(f"- {u}\n" for u in _grouped(table.unavailable, len(table.runs)))
@@ -552,7 +605,7 @@ def write_tables(config_path, preset_name: str, results: str | Path, out: str | 
 def write_tables_for(cfg: dict, preset: dict, preset_name: str, results, out, extra=()) -> list[Path]:
     """`write_tables` on an already loaded config (`cfg`: the whole file, `preset`: its section)."""
     results, out = Path(results), Path(out)
-    floors, written, runs = read_floors(results), [], {}
+    floors, written, frames, spots = read_floors(results), [], {}, {}
     for name, spec in sorted(cfg["tables"].items()):
         table = build_table(name, spec, preset, results, with_paper=reports_paper(preset_name), floors=floors)
         title = TITLES.get(name, name)
@@ -562,24 +615,65 @@ def write_tables_for(cfg: dict, preset: dict, preset_name: str, results, out, ex
             io.write_text(out / f"{name}.csv", "")
             io.write_text(out / f"{name}.tex", f"% {latex_ascii(title)}: no rows for preset {preset_name}\n")
         else:
-            runs[name] = table.runs
+            for label, model in pick(spec, entries(preset)).items():
+                frames[model] = table.runs[label]
+                spots.setdefault(model, []).append(f"{name}:{label}")
             io.write_text(out / f"{name}.md", _markdown(title, table, preset_name, results))
             io.write_text(out / f"{name}.csv", table.raw.to_csv())
             io.write_text(out / f"{name}.tex", _latex(title, name, table))
         written += [out / f"{name}.{e}" for e in ("md", "csv", "tex")]
+    runs = runs_table(frames, spots, floors, num_classes(results))
+    if runs.empty:
+        (out / RUNS_NAME).unlink(missing_ok=True)
+    else:
+        io.write_text(out / RUNS_NAME, runs.to_csv(index=False))
+        written.append(out / RUNS_NAME)
     return written + write_verdicts(runs, out, extra)
 
 
-def write_verdicts(runs: dict, out: Path, extra=()) -> list[Path]:
-    """verdicts.md (rule + table) and verdicts.csv when any claim can be judged; else stale copies are removed."""
-    df = verdicts.judge_claims(runs, extra=extra)
+RUNS_NAME = "runs.csv"
+RUNS_FIRST = ["kind", "model", "run", verdicts.ROWS, "train_commit", "sample_commit", "train_steps", "tokens_seen"]
+
+
+def num_classes(results: Path) -> int | None:
+    """Classes of the feature classifier (classifier/metrics.json), whose chance level 1/classes is class accuracy's
+    floor; None without that file."""
+    d = _read(Path(results) / "classifier" / "metrics.json")
+    return int(d["num_classes"]) if d.get("num_classes") else None
+
+
+def _read(path: Path) -> dict:
+    return _load(path, "rerun the stage that writes it (snakemake all_tables)") if path.exists() else {}
+
+
+def runs_table(frames: dict, spots: dict, floors: dict, classes: int | None = None):
+    """runs.csv: one row per (model, run) with every value of its result files, its own SEs, training steps, tokens
+    seen and the commits that trained and sampled it (kind "run"; `rows`: the table rows it fills); then the floors
+    (kind "floor", model = floor name) and chance, 1/classes (kind "chance"). Everything the verdicts need."""
+    import pandas as pd
+
+    parts = [f.assign(kind="run", model=m, run=f.index, **{verdicts.ROWS: verdicts.ROW_SEP.join(spots[m])})
+             for m, f in frames.items()]
+    parts += [f.assign(kind="floor", model=name, run="") for name, f in floors.items()]
+    if classes:
+        parts.append(pd.DataFrame([{"kind": verdicts.CHANCE, "model": f"chance (1/{classes} classes)", "run": "",
+                                    "class_accuracy": 1 / classes}]))
+    if not parts:
+        return pd.DataFrame(columns=RUNS_FIRST)
+    df = pd.concat(parts, ignore_index=True)
+    return df[[c for c in RUNS_FIRST if c in df] + [c for c in df if c not in RUNS_FIRST]]
+
+
+def write_verdicts(runs, out: Path, extra=()) -> list[Path]:
+    """verdicts.md (rule + table) and verdicts.csv, judged from runs.csv's rows (`runs_table`) alone, when any claim
+    can be judged; else stale copies are removed."""
+    df = verdicts.judge_runs(runs, extra=extra) if not runs.empty else verdicts.judge_claims({}, extra=extra)
     paths = [out / "verdicts.md", out / "verdicts.csv"]
     if df.empty:
         for p in paths:
             p.unlink(missing_ok=True)
         return []
-    video = bool(df["comparison"].map(verdicts.is_video_row).any())  # the rule says how FVD is judged
-    io.write_text(paths[0], f"{verdicts.rule_text(video=video)}\n\n{verdicts.to_markdown(df)}\n")
+    io.write_text(paths[0], f"{verdicts.rule_text(df)}\n\n{verdicts.to_markdown(df)}\n")
     io.write_text(paths[1], df.to_csv(index=False))
     return paths
 

@@ -98,12 +98,18 @@ def _kid_block(a: np.ndarray, b: np.ndarray) -> float:
                  - 2 * kxy.mean())
 
 
-def kid_with_se(feats: np.ndarray, ref: np.ndarray, blocks: int) -> tuple[float, float]:
+def kid_with_se(feats: np.ndarray, ref: np.ndarray, blocks: int, seed: int = 0) -> tuple[float, float]:
     """KID as the mean over `blocks` disjoint (sample, reference) block pairs, and its standard error from the
-    spread of the blocks (each block estimate is unbiased and independent, so SE = sd / √blocks)."""
+    spread of the blocks (each block estimate is unbiased and independent, so SE = sd / √blocks).
+
+    Both sets are shuffled (seeded) before they are cut: reference files are stored class-sorted, so contiguous
+    blocks would each hold about one class while the samples come in random label order, and every block would
+    compare different distributions (a large KID for identical ones)."""
     blocks = min(blocks, len(feats) // 2, len(ref) // 2)
     if blocks < 2:
         raise UserError(f"KID needs ≥ 4 samples and reference images, got {len(feats)} and {len(ref)}")
+    rng = np.random.default_rng(seed)
+    feats, ref = feats[rng.permutation(len(feats))], ref[rng.permutation(len(ref))]
     vals = np.array([_kid_block(a, b) for a, b in zip(np.array_split(feats, blocks), np.array_split(ref, blocks))])
     return float(vals.mean()), float(vals.std(ddof=1) / math.sqrt(blocks))
 
