@@ -43,8 +43,9 @@ COMMANDS = {
     # workflow/rules/entropy.smk
     "entropy": ("par.analysis.entropy", "§8 conditional-entropy analysis: features, maps, increase, figures"),
     # workflow/rules/report.smk
-    "tables": ("par.analysis.tables", "Tables 2 and 3(a)-(e) from result files (Markdown, CSV, LaTeX)"),
-    "report": ("par.analysis.report", "analysis/report.md + report.html from tables, grids and figures"),
+    "tables": ("par.analysis.tables", "Tables 2, 3(a)-(e) and 4 and the verdicts, from result files (Markdown, CSV, "
+                                      "LaTeX)"),
+    "report": ("par.analysis.report", "report.md + report.html under analysis/<preset>/ from tables, grids, figures"),
     # not in the DAG
     "check-golden": ("par.core.golden", "compare against golden vectors from the reference implementation"),
     "demo": ("par.core.demo", "tiny random-weight tour: orders, CFG sampling, cache consistency"),

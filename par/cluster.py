@@ -18,26 +18,45 @@ def array_task(environ=None) -> tuple[int, int]:
 
     A Slurm array need not start at 0 (`--array=1-8`) nor step by 1 (`--array=0-15:2`): the index is
     (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP, so the tasks cover 0..count−1 exactly.
+    A list array (`--array=1,3,5`) has no SLURM_ARRAY_TASK_STEP, only MIN, MAX and COUNT: evenly spaced, its step
+    is (MAX − MIN) / (COUNT − 1); an uneven list cannot tell a task its position and is refused with the fix.
     """
     env = os.environ if environ is None else environ
     if "SLURM_ARRAY_TASK_ID" in env:
-        task = int(env["SLURM_ARRAY_TASK_ID"])
-        lo = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-        step = int(env.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
-        hi = int(env.get("SLURM_ARRAY_TASK_MAX", task))
-        count = int(env.get("SLURM_ARRAY_TASK_COUNT", (hi - lo) // step + 1))
+        task = _env_int(env, "SLURM_ARRAY_TASK_ID")
+        lo = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
+        hi = _env_int(env, "SLURM_ARRAY_TASK_MAX", task)
+        count, step = _env_int(env, "SLURM_ARRAY_TASK_COUNT"), _env_int(env, "SLURM_ARRAY_TASK_STEP")
+        if not step:  # a list array (or an environment without the variable)
+            even = "SLURM_ARRAY_TASK_MAX" in env and count and count > 1 and (hi - lo) % (count - 1) == 0
+            step = (hi - lo) // (count - 1) if even else 1
+        count = count or (hi - lo) // step + 1
         index = (task - lo) // step
         if (task - lo) % step or not 0 <= index < count:
-            raise UserError(f"Slurm array task {task} does not fit the array {lo}-{hi}:{step} of {count} tasks")
+            raise UserError(f"Slurm array task {task} does not fit the array {lo}-{hi} of {count} tasks (a list "
+                            "with uneven gaps does not tell a task its position); submit --array=0-"
+                            f"{count - 1}, or pass --shard and --num-shards")
         return index, count
     if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"])
+        return _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
     return 0, 1
+
+
+def _env_int(env, name: str, default: int | None = None) -> int | None:
+    text = env.get(name, "")
+    if text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{name}={text!r} is not an integer; unset it (it is set by Slurm or torchrun)") from None
 
 
 def array_slot(shard: int | None, num_shards: int | None) -> tuple[int, int]:
     """This process's (slot, slots): the `--shard/--num-shards` flags where given, else the Slurm array task (or
     torchrun's rank; else (0, 1))."""
+    if shard is not None and num_shards is not None:  # given in full: the environment has no say
+        return shard, num_shards
     index, count = array_task()
     if shard is not None and num_shards is None and count == 1:
         raise UserError("--shard needs --num-shards (or a Slurm job array)")

@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from par.devices import HELP as DEVICE_HELP
 from par.errors import UserError
 
 
@@ -78,6 +80,9 @@ class TrainSettings(ModelSettings):
     parallel: str = knob("auto", "ranks: ddp (each holds the model), fsdp (FSDP2: each holds 1/world of weights, "
                                  "gradients and AdamW states; bf16 compute on GPU) or auto (fsdp from 1B parameters "
                                  "on several ranks)", choices=("auto", "ddp", "fsdp"))
+    fsdp_shard_group: int = knob(0, "FSDP: GPUs a shard group spans. 0 = one node (hybrid sharding, HSDP: shard "
+                                    "inside a node over NVLink, replicate across nodes, so only gradients cross the "
+                                    "network); the world size shards fully", minimum=0)
     micro_batch: int = knob(0, "images per forward pass on a rank; the rank's share of global_batch is accumulated "
                                "in micro-batches of this size (0 = the whole share at once)", minimum=0)
     activation_checkpointing: bool = knob(False, "recompute each block's activations in the backward pass (memory "
@@ -86,6 +91,11 @@ class TrainSettings(ModelSettings):
     ema_decay: float = knob(0.9999, "EMA decay per optimizer step", minimum=0, maximum=1)
     ckpt_every: int = knob(5000, "steps between resumable checkpoints (ckpt.pt)", minimum=1)
     log_every: int = knob(50, "steps between log.jsonl records", minimum=1)
+    curve_images: int = knob(256, "learning curve: held-out images (centre crop; the first of `par nll`'s fixed "
+                                  "draw) whose NLL is scored into log.jsonl at every curve_every steps and the last, "
+                                  "given --curve-tokens; 0 = no curve", minimum=0)
+    curve_every: int = knob(0, "learning curve: steps between its points (0 = at every checkpoint, ckpt_every)",
+                            minimum=0)
     seed: int = knob(0, "seed of the initial weights, the batch order and the crops")
     launcher: str = knob("inprocess", "inprocess: this process (torchrun-compatible); local/slurm: submitit; "
                          "auto: slurm if a Slurm controller answers, else inprocess",
@@ -98,6 +108,8 @@ class TrainJob(TrainSettings):
 
     data: str = knob("", "token directory written by `par tokenize` (shards + manifest.json)", required=True)
     out: str = knob("", "run directory: ckpt.pt (resumable), model.pt (final), log.jsonl", required=True)
+    curve_tokens: str = knob("", "held-out token directory (`par tokenize` of the held-out split) of the learning "
+                                 "curve; empty = no curve")
 
 
 @dataclass(kw_only=True)
@@ -183,7 +195,7 @@ class SampleJob(SampleSettings):
                       required=True)
     vq: str = knob("", "VQ tokenizer checkpoint", required=True)
     out: str = knob("", "output folder: shards/, samples.npz, grid.png, sampling.json", required=True)
-    device: str = knob("auto", "auto (cuda if available), cpu, cuda or cuda:N")
+    device: str = knob("auto", DEVICE_HELP)
     dtype: str = knob("auto", "auto (bf16 on GPU as the reference sampler, fp32 on CPU), bf16 or fp32",
                       choices=("auto", "bf16", "fp32"))
     size: str = knob("", "released checkpoints only (they carry no config): model size, e.g. GPT-3B")
@@ -340,7 +352,7 @@ class VideoVQTrainSettings:
     lr: float = knob(1e-3, "Adam learning rate (cosine to 0)", minimum=0)
     flip: bool = knob(True, "random horizontal flips")
     heldout: int = knob(16, "clips held out of training for the metrics", minimum=1)
-    device: str = knob("", "cpu, cuda or cuda:N (default: cuda if available)")
+    device: str = knob("", DEVICE_HELP)
     seed: int = knob(0, "seed of the split, the weights and the batches")
 
 
@@ -360,7 +372,7 @@ class VideoTokenizeSettings:
 
     batch_size: int = knob(8, "clips per tokenizer forward", minimum=1)
     flip: bool = knob(True, "also the horizontally flipped clip (a second 'crop': training draws one of the two)")
-    device: str = knob("", "cpu, cuda or cuda:N (default: cuda if available)")
+    device: str = knob("", DEVICE_HELP)
 
 
 @dataclass(kw_only=True)
@@ -393,7 +405,7 @@ class FVDSettings:
                                "floors", minimum=0)
     batch_size: int = knob(8, "clips per I3D forward", minimum=1)
     bootstrap: int = knob(50, "resamples of the generated clips for the standard error of one run's FVD", minimum=0)
-    device: str = knob("cpu", "torch device of the I3D")
+    device: str = knob("auto", "torch device of the I3D: " + DEVICE_HELP)
 
 
 @dataclass(kw_only=True)
@@ -447,7 +459,7 @@ class TokenizeJob(TokenizeSettings):
     images: str = knob("", "ImageFolder root (one sub-folder per class, sorted → labels 0..C−1)")
     vq: str = knob("", "VQ checkpoint (LlamaGen vq_ds16_c2i.pt, or one written by `par train-vq`)")
     out: str = knob("", "output folder: shard-*.npz, manifest.json", required=True)
-    device: str = knob("", "cpu, cuda or cuda:N (default: cuda if available)")
+    device: str = knob("", DEVICE_HELP)
     workers: int = knob(-1, "image-decoding worker processes; −1 → min(8, cpus − 1)", minimum=-1)
 
 
@@ -507,6 +519,8 @@ class NLLSettings:
     arpg_orders: int = knob(4, "ARPG: random orders per image; its NLL is their average, an upper bound on the "
                                "NLL of the model's mixture over orders", minimum=1)
     seed: int = knob(0, "seed of the held-out draw and of ARPG's random orders")
+    device: str = knob("auto", "where to score: " + DEVICE_HELP + "; fp32 (TF32 matmuls on a GPU): NLL differences "
+                               "of 0.01 nats matter, bf16 logits would blur them")
 
 
 @dataclass(kw_only=True)
@@ -633,6 +647,11 @@ def _closest(key: str, options) -> str:
     return f"did you mean {near[0]}?" if near else f"known keys: {', '.join(sorted(options))}"
 
 
+# A number as YAML 1.2 (and people) write it. PyYAML reads YAML 1.1, where `2e-3` and `1e5` are strings (1.1 wants
+# a dot and a signed exponent: 2.0e-3), so float settings accept these strings.
+_YAML12_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
 def _check_value(typ, value, where: str):
     origin = typing.get_origin(typ)
     if dataclasses.is_dataclass(typ):
@@ -652,6 +671,8 @@ def _check_value(typ, value, where: str):
     elif typ is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif typ is float:
+        if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value.strip()):
+            value = float(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
     elif typ is str:
@@ -676,7 +697,9 @@ def _check_limits(f: dataclasses.Field, value, where: str) -> None:
 def check(cls, data, where: str, *, require: bool = True):
     """`data` (a mapping from YAML/JSON) as a `cls` instance. Unknown keys, wrong types, values outside their
     limits and missing required keys fail with one line naming the key's path, e.g.
-    ``presets.tiny.train.lrr: unknown; did you mean lr?``."""
+    ``presets.tiny.train.lrr: unknown; did you mean lr?``. A float written as a YAML 1.1 string (`2e-3`) is
+    replaced by the number in `data` itself, so that whoever reads the mapping later (the schema check, the
+    resources as written) sees the number too."""
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a mapping of {cls.__name__} settings, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -687,6 +710,8 @@ def check(cls, data, where: str, *, require: bool = True):
         if key not in fields:
             raise UserError(f"{path}: unknown; {_closest(str(key), fields)}")
         values[key] = _check_value(hints[key], value, path)
+        if hints[key] is float and isinstance(value, str):
+            data[key] = values[key]
         if not dataclasses.is_dataclass(hints[key]) and typing.get_origin(hints[key]) is None:
             _check_limits(fields[key], values[key], path)
     for name, f in fields.items():
@@ -730,14 +755,74 @@ def load_file(path: str | Path) -> dict:
     return data if data is not None else {}
 
 
-def load_config(config_path: str | Path, preset: str) -> tuple[dict, dict]:
-    """config.yaml checked as a whole (as the Snakefile checks it), and its `preset` section, as mappings
-    (`par tables/report/plan --config … --preset …`)."""
-    raw = load_file(config_path)
+BASE_CONFIG = "config.yaml"  # what `--config` overlays, as Snakemake's `--configfile` overlays the Snakefile's
+
+
+def merge(base: dict, over: dict) -> dict:
+    """`over` merged into a copy of `base` mapping by mapping; any other value replaces (Snakemake's rule for
+    `--configfile` and `--config`)."""
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge(out[key], value) if both else value
+    return out
+
+
+def config_layer(arg: str) -> tuple[str, dict]:
+    """(name, mapping) of one `--config` argument: a YAML/JSON file, or KEY=VALUE with a dotted KEY and a YAML
+    VALUE (`presets.paper.train.lr=2e-3`)."""
+    key, eq, value = arg.partition("=")
+    if not eq or Path(arg).exists():
+        return arg, load_file(arg)
+    if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
+        raise UserError(f"--config {arg}: expected a config FILE or KEY=VALUE with a dotted key, e.g. "
+                        "presets.paper.train.lr=2e-3")
+    if key == "preset":
+        raise UserError(f"--config {arg}: pick the preset with --preset {value}")
+    import yaml
+
     try:
-        check_workflow_config({**raw, "preset": preset} if isinstance(raw, dict) else raw)
+        data = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {arg}: the value is not valid YAML ({e})") from None
+    for part in reversed(key.split(".")):
+        data = {part: data}
+    return f"--config {arg}", data
+
+
+def _blame(message: str, layers: list[tuple[str, dict]]) -> str:
+    """The layer that wrote the key a check message starts with (the last one holding it), else all of them."""
+    node_path = re.sub(r"\[\d+\]", "", message.split(":", 1)[0]).split(".")
+    for name, data in reversed(layers):
+        node = data
+        for part in node_path:
+            node = node.get(part, MISSING) if isinstance(node, dict) else MISSING
+        if node is not MISSING:
+            return name
+    return " + ".join(name for name, _ in layers)
+
+
+def load_config(config: str | Path | list | None, preset: str) -> tuple[dict, dict]:
+    """The workflow config checked as a whole (as the Snakefile checks it), and its `preset` section, as mappings
+    (`par tables/report/plan --config … --preset …`). `config`: one complete file; or the `--config` arguments
+    (a list, maybe empty), merged in order over `config.yaml` when that exists: a partial file or KEY=VALUE
+    changes only what it names, as Snakemake's `--configfile` and `--config` do. A bad key is named with the file
+    (or KEY=VALUE) that wrote it."""
+    if isinstance(config, (str, Path)):
+        layers = [(str(config), load_file(config))]
+    else:
+        args = list(config or [])
+        base = [(BASE_CONFIG, load_file(BASE_CONFIG))] if Path(BASE_CONFIG).exists() or not args else []
+        layers = base + [config_layer(str(a)) for a in args]
+    raw: dict = {}
+    for name, data in layers:
+        if not isinstance(data, dict):
+            raise UserError(f"{name}: expected a mapping of config keys, got {type(data).__name__}")
+        raw = merge(raw, data)
+    try:
+        check_workflow_config({**raw, "preset": preset})
     except UserError as e:
-        raise UserError(f"{config_path}: {e}") from None
+        raise UserError(f"{_blame(str(e), layers)}: {e}") from None
     return raw, raw["presets"][preset]
 
 
@@ -783,7 +868,10 @@ def add_arguments(parser, cls, *, group: str | None = None, dest_prefix: str = "
 
 def add_run_arguments(parser, *, preset_default: str | None = None, results_required: bool = True) -> None:
     """`--config`, `--preset`, `--results`: which workflow run a reporting command reads."""
-    parser.add_argument("--config", default="config.yaml", help="workflow config the run used (default: config.yaml)")
+    parser.add_argument("--config", action="append", metavar="FILE|KEY=VALUE",
+                        help=f"workflow config: {BASE_CONFIG}, with each FILE (whole or partial) or KEY=VALUE (dotted "
+                             "key, YAML value: presets.paper.train.lr=2e-3) merged over it in order, as Snakemake's "
+                             "--configfile and --config; repeatable")
     parser.add_argument("--preset", required=preset_default is None, default=preset_default,
                         help="preset under `presets`" + (f" (default: {preset_default})" if preset_default else ""))
     parser.add_argument("--results", required=results_required,

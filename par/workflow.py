@@ -148,13 +148,37 @@ class Experiment:
                 if self._entry(m).get("checkpoint")]
         return out
 
-    def check_inputs(self) -> None:
-        """Fail when the DAG is built (`snakemake -n`), not after hours of training, on a user-supplied path that
-        does not exist: one line naming the config key."""
+    def check_inputs(self, dry_run: bool = False) -> list[str]:
+        """Fail when the DAG is built, not after hours of training, on a user-supplied path that does not exist
+        (one line naming the config key), or on own images that cannot give a clean held-out split. A dry run
+        (`snakemake -n`, made before 150 GB are downloaded) does not fail on missing paths: it gets them back,
+        one line each, to print as warnings while it lists the jobs."""
+        missing = []
         for key, path, kind in self.user_inputs():
             ok = Path(path).is_dir() if kind == "folder" else Path(path).is_file()
             if not ok:
-                raise UserError(f"{key}: {path}: no such {kind}; fix the path in the config")
+                missing.append(f"{key}: {path}: no such {kind}; fix the path in the config")
+        if missing and not dry_run:
+            raise UserError(missing[0])
+        self._check_heldout_split()
+        return missing
+
+    def _check_heldout_split(self) -> None:
+        """Own data: the held-out split is another path than the training images, and without one every class
+        can be split by `heldout_fraction` (the checks `par prepare-images` makes, early, on what exists)."""
+        from par.data.split import check_disjoint, class_counts, heldout_count
+
+        data, key = self.preset.data, f"presets.{self.preset_name}.data"
+        if data.source not in ("imagefolder", "idx") or not Path(data.images).exists():
+            return
+        try:
+            if data.heldout_images:
+                check_disjoint(data.images, data.heldout_images)
+            elif data.source == "imagefolder":
+                for name, n in class_counts(data.images).items():
+                    heldout_count(n, data.heldout_fraction, f"{data.images}/{name}")
+        except UserError as e:
+            raise UserError(f"{key}: {e}") from None
 
     def _section(self, name: str) -> dict:
         return self.written.get(name) or {}

@@ -215,3 +215,57 @@ def test_flags_render_bools_and_sort_keys():
     config.add_arguments(p, config.TrainSettings)
     args = p.parse_args(config.flags(config.TrainSettings, {"ema": True, "compile": False, "lr": 0.5}))
     assert (args.ema, args.compile, args.lr) == (True, False, 0.5)
+
+
+# -- (h) numbers as people write them (YAML 1.2), and `--config` overlays (Snakemake's --configfile) -----
+
+
+@pytest.mark.parametrize("text", ["2e-3", "2E-3", "+2e-3", "20e-4", "0.002"])
+def test_yaml_1_1_string_floats_are_numbers(tmp_path, text):
+    assert isinstance(yaml.safe_load(f"lr: {text}")["lr"], str) or text == "0.002"  # what PyYAML gives
+    cfg, _ = _from_config(tmp_path, f"lr: {text}\n")
+    assert cfg.lr == 0.002
+    resources = {"default": {"gpu_mem_gb": "8e1"}}  # written back, so the mapping as written reads a number too
+    config.check(config.Preset, {"models": {}, "resources": resources}, "p")
+    assert resources["default"]["gpu_mem_gb"] == 80.0
+    with pytest.raises(UserError, match=r"lr: expected float, got str '2e-3x'"):
+        _from_config(tmp_path, "lr: 2e-3x\n")
+    with pytest.raises(UserError, match=r"max_steps: expected int, got str '1e3'"):  # ints stay exact
+        _from_config(tmp_path, "max_steps: 1e3\n")
+
+
+def _plan_args(*argv):
+    return cli.build_parser("plan").parse_args(["plan", *argv])
+
+
+def test_plan_config_overlays_config_yaml_like_snakemake_configfile(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # config.yaml is the base, as the Snakefile's configfile
+    (tmp_path / "lr.yaml").write_text("presets:\n  paper:\n    train: {lr: 2e-3}\n")
+    args = _plan_args("--config", str(tmp_path / "lr.yaml"), "--config", "presets.paper.models.par-L-n4.n=16",
+                      "--config", "presets.paper.train.epochs=3")
+    cfg, preset = config.load_config(args.config, args.preset)
+    assert args.preset == "paper" and preset["train"]["lr"] == 0.002 and preset["train"]["epochs"] == 3
+    assert preset["models"]["par-L-n4"] == {"size": "GPT-L", "order": "par", "n": 16}  # merged key by key
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert preset["train"]["global_batch"] == base["presets"]["paper"]["train"]["global_batch"]
+    assert cfg["presets"].keys() == base["presets"].keys() and cfg["tables"] == base["tables"]
+    assert config.load_config(_plan_args().config, "paper")[0] == base  # no --config: config.yaml itself
+    # a bad key is named with the layer that wrote it
+    (tmp_path / "bad.yaml").write_text("presets:\n  paper:\n    train: {lrr: 1}\n")
+    for arg, name in ((str(tmp_path / "bad.yaml"), str(tmp_path / "bad.yaml")),
+                      ("presets.paper.train.lrr=1", "--config presets.paper.train.lrr=1")):
+        with pytest.raises(UserError) as e:
+            config.load_config(_plan_args("--config", arg).config, "paper")
+        assert str(e.value) == f"{name}: presets.paper.train.lrr: unknown; did you mean lr?"
+    with pytest.raises(UserError, match=r"^--config preset=tiny: pick the preset with --preset tiny$"):
+        config.load_config(["preset=tiny"], "paper")
+    with pytest.raises(UserError, match=r"^--config a\.=1: expected a config FILE or KEY=VALUE"):
+        config.load_config(["a.=1"], "paper")
+
+
+def test_par_help_says_what_tables_and_report_write(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Tables 2, 3(a)-(e) and 4 and the verdicts" in out
+    assert "report.md + report.html under analysis/<preset>/" in out

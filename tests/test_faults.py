@@ -139,7 +139,8 @@ def test_a_bad_model_file_leaves_no_job_json(capsys, tiny_models, tmp_path):
     out = tmp_path / "s"
     status, err = run_par(capsys, "sample", "--model", bad, "--vq", tiny_models / "vq.pt", "--out", out)
     assert status == 2
-    one_line(err, r"model\.pt: cannot be read with torch\.load\(weights_only=True\); re-save it")
+    one_line(err, r"model\.pt: cannot be read with torch\.load\(weights_only=True\); it is damaged, cut short or "
+                  "not a checkpoint")
     assert files_under(out) == []
 
 
@@ -232,3 +233,63 @@ def test_a_read_only_output_is_an_environment_fault(capsys, tmp_path):
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)
     assert status == 3, err
     one_line(err, rf"^par make-tinyset: error: {re.escape(str(ro))}\S*: read-only file system; fix its permissions")
+
+
+# ------------------------------------------------------------------------------------------ Slurm arrays (#26)
+
+@pytest.mark.parametrize("name,value", [("SLURM_ARRAY_TASK_ID", "x"), ("SLURM_ARRAY_TASK_COUNT", "3a"),
+                                        ("RANK", "one")])
+def test_a_non_integer_array_variable_is_one_line_exit_2(capsys, tmp_path, monkeypatch, name, value):
+    for k in [k for k in os.environ if k.startswith("SLURM_ARRAY") or k in ("RANK", "WORLD_SIZE")]:
+        monkeypatch.delenv(k)
+    env = {"SLURM_ARRAY_TASK_ID": "0"} if name.startswith("SLURM") else {"WORLD_SIZE": "2"}
+    for k, v in {**env, name: value}.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "tokens"
+    status, err = run_par(capsys, "tokenize", "--images", tmp_path, "--vq", tmp_path / "vq.pt", "--out", out)
+    assert status == 2
+    one_line(err, rf"^par tokenize: error: {name}='{value}' is not an integer; unset it")
+    assert not out.exists()
+
+
+def test_a_list_array_runs_every_listed_slot(monkeypatch):
+    """`sbatch --array=1,3,5` sets MIN=1, MAX=5, COUNT=3 and no STEP: the three tasks are slots 0, 1, 2 of 3."""
+    from par.cluster import array_slot, array_task
+    from par.errors import UserError
+
+    listed = {"SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "5", "SLURM_ARRAY_TASK_COUNT": "3"}
+    assert [array_task({**listed, "SLURM_ARRAY_TASK_ID": t}) for t in "135"] == [(0, 3), (1, 3), (2, 3)]
+    ranged = {"SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_MAX": "6", "SLURM_ARRAY_TASK_COUNT": "3"}
+    assert [array_task({**ranged, "SLURM_ARRAY_TASK_ID": t}) for t in "456"] == [(0, 3), (1, 3), (2, 3)]
+    uneven = {"SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "7", "SLURM_ARRAY_TASK_COUNT": "3",
+              "SLURM_ARRAY_TASK_ID": "2"}  # --array=1,2,7: a task cannot know its position
+    with pytest.raises(UserError, match=r"^Slurm array task 2 does not fit .* submit --array=0-2, or pass --shard"):
+        array_task(uneven)
+    for k, v in uneven.items():
+        monkeypatch.setenv(k, v)
+    assert array_slot(1, 3) == (1, 3)  # explicit flags need nothing from the environment
+
+
+# ------------------------------------------------------------------------------------------ one line, not a traceback (#26)
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["--ch", "8", "--z-channels", "8"], r"--ch 8 --ch-mult 1,2,2: level widths \[8, 16\] are not multiples of 32"),
+    (["--ch-mult", "1,a"], r"--ch-mult '1,a': expected a comma list of integers"),
+])
+def test_train_vq_widths_the_groupnorm_cannot_take_are_one_line(capsys, tmp_path, argv, pattern):
+    out = tmp_path / "vq"
+    status, err = run_par(capsys, "train-vq", "--images", tmp_path, "--out", out, *argv)
+    assert status == 2
+    one_line(err, r"^par train-vq: error: " + pattern)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("keys", ["clips", "mu,sigma"])
+def test_fvd_reference_with_object_arrays_is_one_line_and_never_unpickled(capsys, tmp_path, keys):
+    gen, ref = tmp_path / "gen.npz", tmp_path / "ref.npz"
+    np.savez(gen, clips=np.zeros((2, 4, 8, 8, 3), np.uint8))
+    np.savez(ref, **{k: np.array([np.zeros(3), "x"], dtype=object) for k in keys.split(",")})
+    status, err = run_par(capsys, "fvd", "--generated", gen, "--reference", ref, "--out", tmp_path / "fvd.json")
+    assert status == 2
+    one_line(err, rf"^par fvd: error: {re.escape(str(ref))}: .*Object arrays cannot be loaded")
+    assert not (tmp_path / "fvd.json").exists()

@@ -276,3 +276,68 @@ def test_imagefolder_with_a_heldout_folder(tmp_path):
 def test_unknown_source_is_refused(tmp_path):
     with pytest.raises(UserError, match="source 'tinyset' is neither idx nor imagefolder"):
         prepare_images(str(tmp_path / "o"), "tinyset", "x")
+
+
+# --------------------------------------------------------------------------------- held-out images never trained on
+
+
+def test_one_image_per_class_names_heldout_images(tmp_path, capsys):
+    src = make_folder(tmp_path / "mine", {"a": 1, "b": 1})
+    assert main(["prepare-images", "--source", "imagefolder", "--images", str(src), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mine/a: 1 image, which no data.heldout_fraction can split" in err
+    assert "set data.heldout_images to an ImageFolder of other images of the same classes" in err
+
+
+@pytest.mark.parametrize("layout", ["same", "inside", "around", "copy"])
+def test_heldout_images_overlapping_the_training_images_are_refused(tmp_path, layout):
+    src = make_folder(tmp_path / "train", {"a": 3, "b": 3})
+    if layout == "copy":  # another folder, but a training image copied into it
+        held = make_folder(tmp_path / "val", {"a": 2, "b": 2}, seed=1)
+        (held / "b" / "copied.png").write_bytes((src / "a" / "img001.png").read_bytes())
+    else:
+        held = {"same": src, "inside": src / "a", "around": tmp_path}[layout]
+    with pytest.raises(UserError) as e:
+        prepare_images(str(tmp_path / "o"), "imagefolder", str(src), heldout_images=str(held))
+    words = {"same": "is data.images", "inside": "lies inside data.images", "around": "contains data.images",
+             "copy": "1 of 5 held-out images are byte-identical to training images"}[layout]
+    assert words in str(e.value) and "point data.heldout_images at a separate folder" in str(e.value), str(e.value)
+    assert not (tmp_path / "o" / "images.json").exists()
+
+
+def test_idx_heldout_pair_with_the_training_content_is_refused(idx_pair, tmp_path):
+    p = idx_pair["paths"]
+    copy = tmp_path / "copy-of-train-images.gz"
+    copy.write_bytes(Path(p["images"]).read_bytes())
+    for held in (p["images"], str(copy)):
+        with pytest.raises(UserError, match=r"data.heldout_images .* (is|the same content as) data.images"):
+            prepare_images(str(tmp_path / "o"), "idx", p["images"], p["labels"], held, p["labels"])
+
+
+def test_shared_files_hashes_only_files_whose_size_matches(tmp_path, monkeypatch):
+    from par.data import split
+
+    files = {}
+    for name, data in {"t1": b"x" * 10, "t2": b"y" * 10, "t3": b"z" * 99, "h1": b"y" * 10, "h2": b"w" * 7}.items():
+        (tmp_path / name).write_bytes(data)
+        files[name] = str(tmp_path / name)
+    read = []
+    monkeypatch.setattr(split, "_digest", lambda p, real=split._digest: read.append(Path(p).name) or real(p))
+    assert split.shared_files([files["h1"], files["h2"]], [files["t1"], files["t2"], files["t3"]]) == \
+        [(files["h1"], files["t2"])]
+    assert sorted(read) == ["h1", "t1", "t2"]  # t3 and h2 have no partner of their size: never read
+
+
+def test_dag_time_listing_counts_what_torchvision_lists(tmp_path):
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from par.data.crops import list_images
+    from par.data.split import IMAGE_EXTENSIONS, class_counts
+
+    assert IMAGE_EXTENSIONS == IMG_EXTENSIONS
+    src = make_folder(tmp_path / "mine", {"a": 2, "b": 3})
+    (src / "a" / "notes.txt").write_text("not an image")
+    (src / "b" / "sub").mkdir()
+    Image.new("RGB", (4, 4)).save(src / "b" / "sub" / "deep.PNG")
+    classes, samples = list_images(src)
+    assert class_counts(str(src)) == {c: sum(s[1] == i for s in samples) for i, c in enumerate(classes)}

@@ -104,6 +104,18 @@ def test_dry_run_names_the_bad_key(tmp_path, preset, path, value, message):
     assert message in r.stdout + r.stderr
 
 
+
+def test_floats_as_people_write_them_reach_the_jobs(tmp_path):
+    """`lr: 2e-3` is a string to PyYAML (YAML 1.1); the check, the schema and the rules' flags take it as 0.002."""
+    (tmp_path / "lr.yaml").write_text("presets:\n  tiny:\n    train: {lr: 2e-3}\n")
+    r = _snakemake("-n", "-p", "results/tiny/models/par-n4/s0/model.pt", "--directory", str(tmp_path),
+                   "-s", str(ROOT / "workflow/Snakefile"), "--configfile", str(ROOT / "config.yaml"),
+                   str(tmp_path / "lr.yaml"), timeout=120)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "--lr 0.002 " in r.stdout
+    assert yaml.safe_load((tmp_path / "results/tiny/workflow-config.yaml").read_text())["presets"]["tiny"]["train"][
+        "lr"] == 0.002
+
 def test_snakemake_lint_is_clean(tmp_path):
     r = _snakemake("--lint", "-s", str(ROOT / "workflow/Snakefile"), "--configfile", str(ROOT / "config.yaml"),
                    "--directory", str(tmp_path), timeout=120)
@@ -157,19 +169,73 @@ def _paper_data(tmp_path) -> list[str]:
     return ["--configfile", str(ROOT / "config.yaml"), str(override)]
 
 
-def test_missing_user_paths_fail_the_dry_run_naming_the_key(tmp_path):
-    r = _snakemake("-n", "all_tables", "--config", "preset=paper", "--directory", str(tmp_path),
+def test_missing_user_paths_stop_a_real_run_before_any_job_naming_the_key(tmp_path):
+    r = _snakemake("all_tables", "--cores", "1", "--config", "preset=paper", "--directory", str(tmp_path),
                    "-s", str(ROOT / "workflow/Snakefile"), "--configfile", str(ROOT / "config.yaml"), timeout=120)
     assert r.returncode != 0
     assert "presets.paper.data.images: /datasets/imagenet/train: no such folder" in r.stdout + r.stderr
+    assert not (tmp_path / "results/paper/logs").exists()  # stopped before any job
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     cfg["presets"]["tiny"]["models"]["par-n4"]["checkpoint"] = str(tmp_path / "released.pt")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    r = _snakemake("-n", "all_tables", "--directory", str(tmp_path), "-s", str(ROOT / "workflow/Snakefile"),
+    r = _snakemake("all_tables", "--cores", "1", "--directory", str(tmp_path), "-s", str(ROOT / "workflow/Snakefile"),
                    "--configfile", str(tmp_path / "c.yaml"), timeout=120)
     assert r.returncode != 0
     assert f"presets.tiny.models.par-n4.checkpoint: {tmp_path}/released.pt: no such file" in r.stdout + r.stderr
+    assert not (tmp_path / "results/tiny/logs").exists()
 
+
+@pytest.mark.parametrize("preset,missing", [
+    ("paper", ["presets.paper.data.images: /datasets/imagenet/train: no such folder",
+               "presets.paper.data.heldout_images: /datasets/imagenet/val: no such folder"]),
+    ("ucf101", ["presets.ucf101.video.clips.root: /datasets/UCF101/UCF-101: no such folder",
+                "presets.ucf101.video.clips.lists: /datasets/UCF101/ucfTrainTestlist: no such folder"]),
+])
+def test_cluster_dry_run_before_the_download_lists_every_job_and_warns_per_missing_path(tmp_path, preset, missing):
+    """The README's `snakemake --profile slurm all_tables --config preset=… -n`, on a machine without the data."""
+    if Path("/datasets").exists():
+        pytest.skip("the datasets may exist here")
+    r = _snakemake("--profile", str(ROOT / "slurm"), "-n", "-p", "all_tables", "--config", f"preset={preset}",
+                   "--directory", str(tmp_path), "-s", str(ROOT / "workflow/Snakefile"),
+                   "--configfile", str(ROOT / "config.yaml"), timeout=180)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    warnings = [ln for ln in out.splitlines() if "no such" in ln]
+    assert len(warnings) == len(missing) and all(any(m in w for w in warnings) for m in missing), warnings
+    experiment = _experiment(preset)
+    for run in experiment.runs:  # every model's training (or download) job is listed
+        assert experiment.model_path(run) in out, run
+    assert "rule report:" in out and "rule tables:" in out
+
+
+
+def _own_images(tmp_path, per_class: int) -> str:
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "mine" / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "mine" / c / f"{i}.png")
+    return str(tmp_path / "mine")
+
+
+def test_own_images_that_cannot_give_a_clean_heldout_split_stop_the_dry_run(tmp_path):
+    """One image per class, or the training folder given as held-out too: `snakemake -n` stops, naming the key."""
+    from par.errors import UserError
+
+    mine = _own_images(tmp_path, per_class=1)
+    with pytest.raises(UserError, match=r"^presets\.tiny\.data: .*mine/a: 1 image, which no data\.heldout_fraction "
+                                        r"can split.*; set data\.heldout_images to an ImageFolder"):
+        _experiment("tiny", lambda p: p.update(data={"source": "imagefolder", "images": mine})).check_inputs(True)
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["presets"]["tiny"]["data"] = {"source": "imagefolder", "images": mine, "heldout_images": mine + "/"}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(cfg))
+    r = _snakemake("-n", "all_tables", "--directory", str(tmp_path), "-s", str(ROOT / "workflow/Snakefile"),
+                   "--configfile", str(tmp_path / "own.yaml"), timeout=120)
+    assert r.returncode != 0
+    assert (f"presets.tiny.data: data.heldout_images {mine}/ is data.images {mine}; held-out images must never be "
+            "trained on") in r.stdout + r.stderr
+    assert "point data.heldout_images at a separate folder" in r.stdout + r.stderr
 
 def test_every_job_logs_and_benchmarks_under_results(tmp_path):
     r = _snakemake("-n", "all_tables", "--config", "preset=paper", "--directory", str(tmp_path),
@@ -223,18 +289,19 @@ def test_train_flags_layer_the_preset_the_model_and_its_resources():
     paper = _experiment("paper", lambda p: p["models"]["par-3B-n4"].update(resources="train_large"))
     big = paper.train_args("par-3B-n4/s0")
     assert "--global-batch 512" in big and "--lr 0.0002" in big and "--nodes 2" in big
-    assert "--constraint a100 " in big and "--partition gpu " in big and "--cfg-scale" not in big
+    assert "--constraint a100-80gb " in big and "--partition gpu " in big and "--cfg-scale" not in big
     assert "--nodes 1 " in paper.train_args("par-L-n4/s0")
 
 
 def test_sample_flags_and_released_checkpoints():
     e = _experiment("paper", lambda p: p["models"]["par-3B-n4"].update(checkpoint="ckpts/PAR 3B.pt"))
-    assert e.sample_args("par-XL-n4/s0") == ("--batch-size 32 --cfg-scale 1.5 --compile false --image-size 256 "
+    assert e.sample_args("par-XL-n4/s0") == ("--batch-size 32 --cfg-scale 1.5 --compile true --image-size 256 "
                                              "--num-samples 50000 --seed 0 --shard-size 1000 --procs 8")
     assert e.sample_args("par-3B-n4/s0").endswith(
-        "--cfg-scale 1.345 --compile false --image-size 256 --num-samples 50000 --seed 0 --shard-size 1000 "
+        "--cfg-scale 1.345 --compile true --image-size 256 --num-samples 50000 --seed 0 --shard-size 1000 "
         "--procs 8 --size GPT-3B --order par --n 4")
     assert e.model_path("par-3B-n4/s0") == "ckpts/PAR 3B.pt"  # not trained
+    assert "--compile false" in e.sample_args("arpg-L/s0")  # ARPG decodes eagerly (a different width each step)
     assert e.runs == [f"{m}/s0" for m in e.models]  # one seed each in the paper preset
     assert e.model_path("par-L-n4/s0") == "results/paper/models/par-L-n4/s0/model.pt"
 
@@ -262,8 +329,13 @@ def test_paths_downloads_and_resources():
     assert opted_in.fetch_args("vq_ds16_c2i.pt").endswith("--sha256 '' --allow-unpinned")
     with pytest.raises(UserError, match="no download configured for x.pt"):
         paper.download_source("x.pt")
-    assert paper.resources("sample") == {"mem_mb": 128000, "runtime": 720, "cpus_per_task": 8, "gpu": 8}
-    assert paper.resources("entropy") == {"mem_mb": 32000, "runtime": 240, "cpus_per_task": 8}
+    assert paper.resources("sample") == {"mem_mb": 128000, "runtime": 720, "cpus_per_task": 8, "gpu": 8,
+                                         "slurm_partition": "gpu"}
+    # CPU-only stages go to a CPU partition (issue #25): never a GPU node's slot for a table or a regression
+    assert paper.resources("entropy") == {"mem_mb": 64000, "runtime": 240, "cpus_per_task": 8,
+                                          "slurm_partition": "cpu"}
+    assert paper.resources("report") == {"mem_mb": 16000, "runtime": 120, "cpus_per_task": 4,
+                                         "slurm_partition": "cpu"}
     with pytest.raises(UserError, match="presets.paper.data.images: required"):
         _experiment("paper", lambda p: p["data"].pop("images"))
 

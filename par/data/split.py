@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import shutil
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -111,11 +113,82 @@ def _subset(n: int, keep: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:keep])
 
 
+# ------------------------------------------------------------------ checks the workflow also makes when the DAG is built
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+_DISJOINT_FIX = ("held-out images must never be trained on (the FID reference, the floors and the NLL would score "
+                 "training images): point data.heldout_images at a separate folder of other images, or leave it "
+                 "empty to hold out data.heldout_fraction of every class")
+
+
+def heldout_count(n: int, fraction: float, where: str) -> int:
+    """Images of a class of `n` that `fraction` holds out; a class it cannot split is one line with the fix."""
+    k = int(round(fraction * n))
+    if 1 <= k < n:
+        return k
+    if n == 1:
+        raise UserError(f"{where}: 1 image, which no data.heldout_fraction can split into train and held-out; set "
+                        "data.heldout_images to an ImageFolder of other images of the same classes (or add images)")
+    raise UserError(f"{where}: {n} images cannot be split with data.heldout_fraction={fraction}; change the "
+                    "fraction, add images, or set data.heldout_images to an ImageFolder of held-out images")
+
+
+def class_counts(root: str) -> dict[str, int]:
+    """Images per class folder of an ImageFolder root, counted as torchvision lists them (sub-folders followed,
+    image extensions only) but without importing it: the workflow checks a split when the DAG is built."""
+    counts = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.is_dir():
+            counts[entry.name] = sum(f.lower().endswith(IMAGE_EXTENSIONS)
+                                     for _, _, files in os.walk(entry.path, followlinks=True) for f in files)
+    return counts
+
+
+def check_disjoint(images: str, heldout: str) -> None:
+    """The held-out path is not the training path, nor inside it, nor around it."""
+    a, b = Path(images).resolve(), Path(heldout).resolve()
+    if a == b or a in b.parents or b in a.parents:
+        how = "is" if a == b else "lies inside" if a in b.parents else "contains"
+        raise UserError(f"data.heldout_images {heldout} {how} data.images {images}; {_DISJOINT_FIX}")
+
+
+def _digest(path: str) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shared_files(heldout: list[str], train: list[str]) -> list[tuple[str, str]]:
+    """(held-out file, training file) pairs with the same content. Sizes first (one stat per file); only files
+    whose size occurs on both sides are read and hashed, so disjoint data costs little beyond the listing."""
+    held_sizes = {p: os.stat(p).st_size for p in heldout}
+    sizes, train_by_size = set(held_sizes.values()), defaultdict(list)
+    for p in train:
+        size = os.stat(p).st_size
+        if size in sizes:
+            train_by_size[size].append(p)
+    held = [p for p, s in held_sizes.items() if s in train_by_size]
+    if not held:
+        return []
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:  # reading files is I/O-bound
+        train_files = [p for s in {held_sizes[p] for p in held} for p in train_by_size[s]]
+        by_digest = dict(zip(pool.map(_digest, train_files), train_files))
+        return [(p, by_digest[d]) for p, d in zip(held, pool.map(_digest, held)) if d in by_digest]
+
+
 def prepare_idx(out: Path, images: str, labels: str, heldout_images: str, heldout_labels: str,
                 pad_to: int, train_images: int = 0, seed: int = 0) -> dict:
     if not (heldout_images and heldout_labels):
         raise UserError("data.source idx needs data.heldout_images and data.heldout_labels (the test pair, e.g. "
                         "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz)")
+    check_disjoint(images, heldout_images)
+    if shared_files([heldout_images], [images]):
+        raise UserError(f"data.heldout_images {heldout_images}: the same content as data.images {images}; "
+                        f"{_DISJOINT_FIX}")
     splits = {"train": idx_split(images, labels, pad_to), "test": idx_split(heldout_images, heldout_labels, pad_to)}
     keep = _subset(len(splits["train"][0]), train_images, seed)
     splits["train"] = tuple(a[keep] for a in splits["train"])
@@ -132,20 +205,23 @@ def prepare_imagefolder(out: Path, images: str, heldout_images: str, heldout_fra
 
     classes, samples = list_images(images)
     if heldout_images:
+        check_disjoint(images, heldout_images)
         test_classes, test = list_images(heldout_images)
         if test_classes != classes:
             raise UserError(f"data.heldout_images {heldout_images}: class folders {test_classes[:5]}… differ from "
                             f"data.images {images}: {classes[:5]}…; both need the same class sub-folders")
+        shared = shared_files([p for p, _ in test], [p for p, _ in samples])
+        if shared:
+            raise UserError(f"data.heldout_images {heldout_images}: {len(shared)} of {len(test)} held-out images are "
+                            f"byte-identical to training images of data.images {images} (e.g. {shared[0][0]} = "
+                            f"{shared[0][1]}); {_DISJOINT_FIX}")
         train = samples
     else:  # hold out the same fraction of every class, at random (fixed by the seed)
         rng = np.random.default_rng(seed)
         train, test = [], []
         for c in range(len(classes)):
             mine = [s for s in samples if s[1] == c]
-            k = int(round(heldout_fraction * len(mine)))
-            if k < 1 or k >= len(mine):
-                raise UserError(f"{images}/{classes[c]}: {len(mine)} images cannot be split with "
-                                f"data.heldout_fraction={heldout_fraction}; add images or change the fraction")
+            k = heldout_count(len(mine), heldout_fraction, f"{images}/{classes[c]}")
             held = set(rng.permutation(len(mine))[:k].tolist())
             for i, s in enumerate(mine):
                 (test if i in held else train).append(s)

@@ -118,7 +118,14 @@ def train_vq(cfg: VQTrainJob) -> dict:
 
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    mult = tuple(int(m) for m in cfg.ch_mult.split(","))
+    try:
+        mult = tuple(int(m) for m in cfg.ch_mult.split(","))
+    except ValueError:
+        raise UserError(f"--ch-mult {cfg.ch_mult!r}: expected a comma list of integers, e.g. 1,2,2") from None
+    odd = sorted({cfg.ch * m for m in mult if (cfg.ch * m) % 32})
+    if odd:  # every level's width is normalised by a GroupNorm of 32 groups (LlamaGen's VQ architecture)
+        raise UserError(f"--ch {cfg.ch} --ch-mult {cfg.ch_mult}: level widths {odd} are not multiples of 32, the "
+                        "VQ's GroupNorm groups; use --ch 32 (or another multiple of 32)")
     vq = VQModel(VQConfig(codebook_size=cfg.codebook_size, codebook_embed_dim=cfg.codebook_embed_dim, ch=cfg.ch,
                           encoder_ch_mult=mult, decoder_ch_mult=mult, z_channels=cfg.z_channels,
                           enc_res_blocks=cfg.res_blocks, dec_res_blocks=cfg.res_blocks))

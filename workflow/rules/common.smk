@@ -4,16 +4,20 @@ import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from par.errors import UserError
-from par.lifecycle import jobs_end_with_snakemake
+from par.lifecycle import clear_stale_locks, jobs_end_with_snakemake, record_lock_owner
 from par.workflow import Experiment, input_folder, output_folder, results_folder
 
 try:
     experiment = Experiment(config)  # checks every preset: a wrong key, type or value fails here with its path
-    experiment.check_inputs()  # and every path the user supplies: a missing one fails now, not hours later
+    # and every path the user supplies: a missing one fails now, not hours later; a dry run lists the jobs anyway
+    missing_inputs = experiment.check_inputs(dry_run=workflow.output_settings.dryrun)
 except UserError as e:
     raise WorkflowError(f"config: {e}") from None
+for line in missing_inputs:
+    logger.warning(f"config: {line} (dry run: jobs listed anyway; a real run stops here)")
 
 # The config this run uses (config.yaml + --configfile + --config), rewritten only when it changes: tables and
 # report take it as input, so they rerun exactly when the configuration does. Jobs (on Slurm, say) leave it alone.
@@ -24,8 +28,19 @@ if workflow.is_main_process:
 os.environ.setdefault("PAR_SOURCE", str(Path(workflow.basedir).parent))
 
 # Jobs end with Snakemake (par/lifecycle.py; the rules `exec par`, so this process is the job's parent): a SIGTERM
-# reaches them too (Snakemake alone would wait for them to finish), and a job whose Snakemake died stops itself.
+# or a first SIGINT reaches them too (Snakemake alone would wait for them to finish), and a job whose Snakemake
+# died stops itself.
 jobs_end_with_snakemake()
+
+# A Snakemake killed with -9 leaves its lock behind: each run records who holds its lock files, and the next run
+# removes those of an owner that is gone, instead of failing with LockException until `snakemake --unlock`.
+if workflow.is_main_process:
+    for line in clear_stale_locks():
+        logger.warning(f"lock: {line}")
+
+
+onstart:
+    record_lock_owner(workflow.persistence)
 
 results = experiment.results
 analysis = experiment.analysis
