@@ -76,7 +76,8 @@ class Backbone(nn.Module):
         # it in float32 (bf16 cos/sin would rotate q/k by up to ~0.4 % off). It follows the device, never the dtype.
         table = self.freqs_cis
         super()._apply(fn, recurse)
-        self.freqs_cis = table.to(self.freqs_cis.device)
+        if not table.is_meta:  # from the meta device (`to_empty`) the table is rebuilt by `register_layout_buffers`
+            self.freqs_cis = table.to(self.freqs_cis.device)
         return self
 
     def init_weights(self, head: nn.Linear) -> None:

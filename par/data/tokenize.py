@@ -177,14 +177,9 @@ def _sort_shards(run: _Run, mine: list[int]) -> tuple[list[int], list[int]]:
 
 
 def _device(device: str | None):
-    import torch
+    from par.devices import resolve
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return dev
+    return resolve(device)
 
 
 class _ClaimedBatches:

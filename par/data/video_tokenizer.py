@@ -468,7 +468,9 @@ def train_video_tokenizer(clips, settings, out, test_clips=None) -> dict:
         raise UserError(f"{n} clips, need more than --heldout {settings.heldout}")
     clips = clips[np.random.default_rng(settings.seed).permutation(n)]
     train_x, held_x = clips[:n - settings.heldout], clips[n - settings.heldout:]
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from par.devices import resolve
+
+    device = resolve(settings.device)
     model = VideoTokenizer(cfg).to(device)
     before = evaluate_video_vq(model, held_x, frames)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.95))

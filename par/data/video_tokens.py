@@ -25,6 +25,7 @@ from par.config import VideoTokenizeJob, add_arguments, from_args
 from par.data.clips import VideoClips
 from par.data.shards import (CENTRE, FORMAT, VERSION, check_shard, codes_dtype, finalize, read_shard_meta, shard_name,
                              write_shard)
+from par.devices import resolve
 from par.errors import UserError
 from par.io import make_shards, sha256_file, shard_state
 from par.progress import Progress
@@ -42,7 +43,7 @@ class _Run:
 
         self.job, self.clips, self.out = job, VideoClips(job.clips), Path(job.out)
         self.crops = CROPS if job.flip else CROPS[:1]
-        self.device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve(job.device)
         self.model = load_video_vq(job.vq).to(self.device)
         frames, size = self.clips.shape[:2]
         try:
@@ -69,7 +70,7 @@ class _Run:
         import torch
 
         s = self.clips.manifest["shards"][k]
-        with np.load(self.clips.dir / s["file"]) as z:
+        with np.load(self.clips.shard_file(k)) as z:
             clips, labels = z["clips"], z["labels"]
             skipped = json.loads(z["meta"].item())["skipped"]  # items `par prepare-video` could not make a clip of
         codes = np.zeros((len(clips), len(self.crops), int(np.prod(self.grid))), self.dtype)
@@ -95,9 +96,11 @@ def tokenize_video(job: VideoTokenizeJob, shard: int = 0, num_shards: int = 1, p
     run = _Run(job)
     if run.out.exists() and not run.out.is_dir():
         raise UserError(f"--out {run.out}: exists and is not a folder; choose a folder for the shards")
-    run.out.mkdir(parents=True, exist_ok=True)
     total = run.base["num_shards"]
     mine = list(range(shard, total, num_shards))
+    for k in mine:  # the clips this slot reads, checked before anything is written
+        run.clips.shard_file(k)
+    run.out.mkdir(parents=True, exist_ok=True)
     sizes = {k: run.clips.manifest["shards"][k]["num_clips"] for k in mine}
     with Progress(sum(sizes.values()), f"tokenize-video {len(mine)} shard(s)", unit="clip", enable=progress) as bar:
         written, kept, others, _ = make_shards(mine, lambda k: run.out / shard_name(k), run.state,

@@ -396,7 +396,9 @@ def load_i3d(path: str | os.PathLike | None = None, device="cpu") -> InceptionI3
     except (RuntimeError, AttributeError, TypeError) as e:
         raise UserError(f"{path}: not the I3D weights ({str(e).splitlines()[0]}); rerun `{SETUP_COMMAND} "
                         "--force`") from None
-    return model.eval().to(device)
+    from par.devices import resolve
+
+    return model.eval().to(resolve(device))
 
 
 @contextmanager

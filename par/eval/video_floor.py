@@ -60,8 +60,9 @@ def make_floor(clips_dir, out, max_clips: int = 0, offset: int = 0, seed: int = 
                             "of a length and size it codes") from None
         if batch_size < 1:
             raise UserError(f"--batch-size {batch_size}: must be at least 1")
-        tok = tok.to(torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                  ("cpu" if device == "auto" else device)))
+        from par.devices import resolve
+
+        tok = tok.to(resolve(device))
     clips = np.asarray(Clips(source, idx, name=f"--clips {clips_dir}"))
     if tok is not None:
         clips = reconstruct(tok, clips, batch_size)

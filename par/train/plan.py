@@ -91,7 +91,7 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
         num_tokens = math.prod(g)
         seq_len = num_tokens if arpg else Order(g, m["order"], m["n"], m.get("initial_sequential", True),
                                                 m.get("group_attention", "full"), m.get("regions", 0)).layout.seq_len
-        params, block, layers, dim = _network(m["size"], m["order"], m["n"], g, vocab_m, classes_m, m.get("regions", 0))
+        params, block, layers, _ = _network(m["size"], m["order"], m["n"], g, vocab_m, classes_m, m.get("regions", 0))
         steps = train.get("max_steps") or int(train.get("epochs", 1) * (items // train["global_batch"]))
         trained = not (released or m.get("trained_as"))
         train_flops = 6 * params * steps * train["global_batch"] * seq_len if trained else 0.0
@@ -100,15 +100,16 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
         row = {"model": name, "size": m["size"], "n": m["n"], "params": params, "train_steps": steps,
                "train_flops": train_flops, "sample_flops": sample_flops}
         if trained:
-            row |= _memory(preset, m, train, params, block, layers, dim, vocab_m, seq_len)
+            row |= _memory(preset, m, train, params, block, layers, vocab_m, classes_m, seq_len)
         for gpu, peak in (("A100", PEAK_FLOPS["A100"]), ("H100", PEAK_FLOPS["H100"])):
             row[f"{gpu}_hours"] = (train_flops + sample_flops) / (peak * mfu) / 3600
         rows.append(row)
     return rows
 
 
-def _memory(preset: dict, entry: dict, train: dict, params, block, layers, dim, vocab, seq_len) -> dict:
-    """Per-GPU memory of a training job on the GPUs of its resources entry, and the fix when it does not fit."""
+def _memory(preset: dict, entry: dict, train: dict, params, block, layers, vocab, classes, seq_len) -> dict:
+    """Per-GPU memory of a training job on the GPUs of its resources entry (activations counted for its network,
+    `memory.measure`), and the fix when it does not fit."""
     from par.config import Preset, check
     from par.train import memory
     from par.train.parallel import strategy
@@ -116,14 +117,19 @@ def _memory(preset: dict, entry: dict, train: dict, params, block, layers, dim, 
     res = check(Preset, {"models": {}, **preset}, "preset").resources_for(entry.get("resources", "train"))
     world = max(1, res.nodes * res.gpus)
     share = train["global_batch"] // world
-    job = memory.Job(params, block, layers, dim, vocab, seq_len, world, min(train.get("micro_batch") or share, share),
-                     strategy(train.get("parallel", "auto"), params, world),
-                     bool(train.get("activation_checkpointing", False)))
+    kind = strategy(train.get("parallel", "auto"), params, world)
+    # FSDP computes with bf16 weights; DDP keeps fp32 weights under bf16 autocast (saves fp32 copies in places)
+    acts = memory.measure(entry["size"], vocab, classes, arpg=entry["order"] == "arpg",
+                          dropout=float(train.get("dropout", 0.1)), precision="bf16" if kind == "fsdp" else "autocast")
+    shard_group = train.get("fsdp_shard_group") or (res.gpus if res.nodes > 1 else world)
+    job = memory.Job(params, block, layers, acts, seq_len, world, min(train.get("micro_batch") or share, share),
+                     kind, bool(train.get("activation_checkpointing", False)), shard_group)
     gb = memory.per_gpu(job)
     fits = not res.gpus or gb["total"] <= res.gpu_mem_gb
     return {"gpus": world if res.gpus else 0, "strategy": job.strategy, "micro_batch": job.micro_batch,
             "checkpointing": job.checkpointing, **{f"{k}_gb": v for k, v in gb.items()},
             "gpu_mem_gb": res.gpu_mem_gb if res.gpus else None,
+            "headroom_gb": res.gpu_mem_gb - gb["total"] if res.gpus else None,
             "fix": "" if fits else memory.fix(job, res.gpu_mem_gb)}
 
 

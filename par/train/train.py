@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from par import io
 from par.config import TrainJob, TrainSettings
 from par.core.model import ModelConfig, Transformer, build, model_config
-from par.train import parallel
+from par.train import comm, parallel
 from par.errors import UserError
 from par.progress import Progress
 
@@ -122,26 +121,6 @@ def lr_at(step: int, total: int, steps_per_epoch: int, cfg: TrainSettings) -> fl
 # -- distributed -----------------------------------------------------------------------------------
 
 
-def dist_setup(single_group: bool = False) -> tuple[int, int, int]:
-    """(rank, world, local_rank) from torchrun/submitit environment variables; inits the process group (also for
-    one process with `single_group`: FSDP shards over a process group even when it has one member)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend)
-    elif single_group and not dist.is_initialized():
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    return int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _all_gather_objects(obj, world):
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal, ready to resume: run the same command again
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
@@ -157,13 +136,15 @@ class PreemptionGuard:
       (`stop`); a signal during the last step lets the run finish instead.
     * A second signal stops at once: the last checkpoint on disk is the resume point.
 
-    Under submitit, Slurm's timeout/preemption signal is USR2 (TERM and INT are left to submitit, which ignores
-    TERM) and after saving we hand over to submitit's handler, which requeues the job. Elsewhere (a terminal,
-    Snakemake, torchrun, a Slurm job of Snakemake's own) TERM, USR2 and INT all stop the run with EXIT_PREEMPTED."""
+    Under submitit, Slurm's timeout signal is USR2 (submitit asks for it ahead of the time limit) and a preemption
+    sends TERM (then KILL after the partition's GraceTime), which submitit's own handler merely logs: both are
+    caught here, and after saving we hand over to submitit's USR2 handler, which requeues the job (INT stays
+    submitit's). Elsewhere (a terminal, Snakemake, torchrun, a Slurm job of Snakemake's own) TERM, USR2 and INT all
+    stop the run with EXIT_PREEMPTED."""
 
     def __init__(self):
         self.under_submitit = "SUBMITIT_EXECUTOR" in os.environ
-        self.signals = (signal.SIGUSR2,) if self.under_submitit else STOP_SIGNALS
+        self.signals = (signal.SIGUSR2, signal.SIGTERM) if self.under_submitit else STOP_SIGNALS
         self.report = True  # rank 0 prints the one-line message
         self.caught: int | None = None
         self.frame = None
@@ -190,11 +171,9 @@ class PreemptionGuard:
         for s, h in self.previous.items():
             signal.signal(s, h)
 
-    def should_stop(self, world: int) -> bool:
-        flag = torch.tensor([int(self.caught is not None)])
-        if world > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def should_stop(self) -> bool:
+        """Whether any rank caught a stop signal (a collective: every rank asks at the same step boundary)."""
+        return comm.any_flag(self.caught is not None)
 
     def stop(self, how: str):
         """Report the stop in one line, then hand over to submitit's checkpoint-and-requeue handler, or exit with
@@ -206,9 +185,9 @@ class PreemptionGuard:
         if self.report:
             print(f"par train: stopped by {name} {how}; run the same command again to resume", file=sys.stderr,
                   flush=True)
-        handler = self.previous.get(self.caught or signal.SIGUSR2)
+        handler = self.previous.get(signal.SIGUSR2)  # submitit's checkpoint-and-requeue, whichever signal came
         if self.under_submitit and callable(handler):
-            handler(self.caught or signal.SIGUSR2, self.frame)
+            handler(signal.SIGUSR2, self.frame)
         raise SystemExit(EXIT_PREEMPTED)
 
 
@@ -311,35 +290,47 @@ def build_model(cfg: TrainJob, mcfg: ModelConfig, device, rank: int, kind: str =
     if cfg.activation_checkpointing:
         parallel.checkpoint_activations(model)
     if kind == "fsdp":
-        parallel.shard(model, amp)
+        parallel.shard(model, amp, comm.shard_mesh(device, cfg.fsdp_shard_group))
     opt = make_optimizer(model, cfg, device)
     # fp32 EMA on rank 0 only: it is the one that saves, and other ranks need not hold a second model copy
     ema = copy.deepcopy(model).requires_grad_(False).eval() if cfg.ema and rank == 0 else None
     return model, opt, ema
 
 
+def newest_checkpoint(out: Path) -> tuple[str | None, int, dict | None]:
+    """(format, step, loaded `ckpt.pt` or None) of the newest checkpoint in `out`, across both formats: a run
+    resumed once under another strategy leaves both, and the older one must never win (that would roll back)."""
+    found = []
+    if (out / "ckpt.dcp" / "meta.pt").exists():
+        found.append(("dcp", int(io.torch_load(out / "ckpt.dcp" / "meta.pt")["step"]), None))
+    if (out / "ckpt.pt").exists():
+        ck = io.torch_load(out / "ckpt.pt")
+        found.append(("pt", int(ck["step"]), ck))
+    return max(found, key=lambda f: f[1]) if found else (None, 0, None)
+
+
 def resume(run: Run) -> int:
-    """Load the checkpoint if there is one (weights, EMA, optimizer, this rank's RNG state) and return its step;
-    else seed this rank's dropout stream and return 0. `log.jsonl` is cut back to that step.
+    """Load the newest checkpoint if there is one (weights, EMA, optimizer, this rank's RNG state) and return its
+    step; else seed this rank's dropout stream and return 0. `log.jsonl` is cut back to that step.
 
     A sharded checkpoint (`ckpt.dcp/`, FSDP) loads into any world size and strategy. When the world size changed
     since it was written, the ranks' RNG streams restart from (seed, step, rank): the weights and optimizer
     continue exactly, dropout and ARPG's orders do not repeat the uninterrupted run's draws."""
-    dcp_path = run.out / "ckpt.dcp"
-    if dcp_path.exists():
-        meta = parallel.load_sharded(dcp_path, run.model, run.opt)
+    fmt, step, ck = newest_checkpoint(run.out)
+    if fmt == "dcp":
+        meta = parallel.load_sharded(run.out / "ckpt.dcp", run.model, run.opt)
         step, states = int(meta["step"]), meta["rng"]
-    elif (run.out / "ckpt.pt").exists():
-        ck = io.torch_load(run.out / "ckpt.pt")
+    elif fmt == "pt":
         if run.kind == "fsdp":
-            raise UserError(f"{run.out / 'ckpt.pt'}: written by a DDP run; resume it with --parallel ddp")
+            raise UserError(f"{run.out / 'ckpt.pt'}: the newest checkpoint (step {step}) was written by a DDP run; "
+                            "resume it with --parallel ddp")
         run.model.load_state_dict(ck["model"])
         if run.ema is not None:
             if "ema" not in ck:
                 raise UserError(f"{run.out / 'ckpt.pt'}: written without --ema; resume without it or start a new --out")
             run.ema.load_state_dict(ck["ema"])
         run.opt.load_state_dict(ck["optimizer"])
-        step, states = int(ck["step"]), ck["rng"]
+        states = ck["rng"]
     else:
         torch.manual_seed(run.cfg.seed * run.world + run.rank)  # per-rank dropout streams
         if run.rank == 0:
@@ -363,7 +354,7 @@ def wrap_model(run: Run) -> torch.nn.Module:
 
 def save_checkpoint(run: Run) -> None:
     """The checkpoint at `run.step`, with every rank's RNG state (a collective: all ranks call it)."""
-    states = _all_gather_objects(_rng_state(), run.world)
+    states = comm.all_gather_objects(_rng_state())
     if run.kind == "fsdp":
         parallel.save_sharded(run.ckpt_path, run.model, run.opt, {"step": run.step, "rng": states, "world": run.world,
                               "config": {"train": dataclasses.asdict(run.cfg), "model": run.mcfg.to_dict()}}, run.rank)
@@ -372,8 +363,7 @@ def save_checkpoint(run: Run) -> None:
         io.torch_save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "step": run.step,
                        "config": {"train": dataclasses.asdict(run.cfg), "model": run.mcfg.to_dict()}, "rng": states,
                        **({"ema": run.ema.state_dict()} if run.ema is not None else {})}, run.ckpt_path)
-    if run.world > 1:
-        dist.barrier()
+    comm.barrier()
 
 
 def save_final(run: Run) -> Path:
@@ -383,18 +373,19 @@ def save_final(run: Run) -> Path:
     if run.rank == 0:
         io.torch_save({"model": weights, "config": run.mcfg.to_dict(), "step": run.step,
                        **({"ema": run.ema.state_dict()} if run.ema is not None else {})}, final)
-    if run.world > 1:
-        dist.barrier()
+    comm.barrier()
     return final
 
 
 def start_log(run: Run) -> Progress:
     """Write `config.json` and open the progress report (rank 0; other ranks report nothing)."""
     if run.rank == 0:
+        from par.provenance import git_commit  # the commit that trained this run (runs.csv: train_commit)
+
         run.out.mkdir(parents=True, exist_ok=True)
         io.write_json(run.out / "config.json", {"train": dataclasses.asdict(run.cfg), "model": run.mcfg.to_dict(),
                                                  "world_size": run.world, "steps": run.total,
-                                                 "params": run.model.num_params})
+                                                 "params": run.model.num_params, "commit": git_commit()})
     return Progress(run.total, f"train {run.out.name}", initial=run.step, enable=run.rank == 0)
 
 
@@ -445,9 +436,7 @@ class Throughput:
 
 def log_step(run: Run, lr: float, loss: torch.Tensor, gnorm, meter: Throughput, bar: Progress, peak) -> None:
     """Append the step's record (loss averaged over ranks, lr, grad norm, throughput, MFU) to log.jsonl."""
-    lv = loss.detach().float()
-    if run.world > 1:
-        dist.all_reduce(lv, op=dist.ReduceOp.AVG)
+    lv = comm.mean(loss.detach().float())
     rec = {"step": run.step, "epoch": run.step / run.per_epoch, "loss": lv.item(), "lr": lr,
            "grad_norm": float(gnorm), "tokens_per_s": meter.rate()}
     if peak:
@@ -469,7 +458,8 @@ def train(cfg: TrainJob) -> Path:
     """Train (or resume) the run in `cfg.out`; returns the path of the final model file. A stop signal ends it
     with SystemExit(EXIT_PREEMPTED), after saving `ckpt.pt` when there was progress to keep (PreemptionGuard)."""
     with PreemptionGuard() as guard:
-        rank, world, local_rank = dist_setup()
+        device, amp = setup_device(int(os.environ.get("LOCAL_RANK", 0)), cfg.precision)
+        rank, world, local_rank = comm.init(device)
         guard.report = rank == 0
         guard.deferring = world > 1  # ranks must agree on the stop: at a step boundary (should_stop), never at once
         out = Path(cfg.out)
@@ -477,14 +467,13 @@ def train(cfg: TrainJob) -> Path:
             remove_leftovers(out)
         if (out / "model.pt").exists():
             return out / "model.pt"
-        device, amp = setup_device(local_rank, cfg.precision)
         data, per_epoch, total = load_data(cfg, world)
         mcfg = build_model_config(cfg, data.grid, data.vocab_size, data.num_classes)
         with torch.device("meta"):
             num_params = build(mcfg).num_params
         kind = parallel.strategy(cfg.parallel, num_params, world)
         if kind == "fsdp":
-            dist_setup(single_group=True)
+            comm.init(device, single_group=True)
         model, opt, ema = build_model(cfg, mcfg, device, rank, kind, amp)
         run = Run(cfg, out, rank, world, local_rank, device, amp, data, per_epoch, total, mcfg, model, opt, ema, kind)
         run.step = resume(run)
@@ -503,7 +492,7 @@ def train(cfg: TrainJob) -> Path:
                 saved = run.step % cfg.ckpt_every == 0 and run.step < total
                 if saved:
                     save_checkpoint(run)
-                if run.step < total and guard.should_stop(world):
+                if run.step < total and guard.should_stop():
                     if not saved:
                         save_checkpoint(run)
                     bar.close()
