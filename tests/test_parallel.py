@@ -64,6 +64,26 @@ def test_gradient_accumulation_keeps_the_global_batch(data, single, tmp_path):
 
 def test_activation_checkpointing_changes_memory_not_weights(data, single, tmp_path):
     _assert_same(_weights(_train(data, tmp_path / "ac", "--activation-checkpointing", "true")), _weights(single))
+    # ... and it does change memory: what autograd keeps for the backward pass, with the training wiring
+    from par.core.model import build, model_config
+    from par.train.memory import saved_bytes
+    from par.train.parallel import checkpoint_activations
+
+    def kept(checkpointing):
+        torch.manual_seed(0)
+        model = build(model_config("tiny-S", grid=(4, 4), order="par", n=4, vocab_size=16, num_classes=4)).train()
+        if checkpointing:
+            checkpoint_activations(model)
+        tokens = torch.randint(0, 16, (8, 16))
+        return saved_bytes(model, tokens, torch.zeros(8, dtype=torch.long), amp=False)
+
+    assert kept(True) < 0.6 * kept(False)
+
+
+def test_hybrid_sharding_on_a_2x2_mesh_reaches_the_weights_of_one_process(data, single, tmp_path):
+    """HSDP as on 2 nodes × 2 GPUs: shard over 2 ranks, replicate across the 2 pairs (4 gloo processes)."""
+    run = _train(data, tmp_path / "hsdp", "--parallel", "fsdp", "--fsdp-shard-group", "2", ranks=4)
+    _assert_same(_weights(run), _weights(single))
 
 
 @pytest.mark.parametrize("then", ["fsdp", "ddp"])
