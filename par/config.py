@@ -77,6 +77,10 @@ class TrainSettings(ModelSettings):
     precision: str = knob("auto", "auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16",
                           choices=("auto", "fp32", "bf16"))
     compile: bool = knob(False, "torch.compile the training step")
+    attention: str = knob("auto", "attention kernel of training: flex (FlexAttention over PAR's group mask as a "
+                                  "BlockMask, fused and tile-skipping on a GPU), sdpa (boolean mask) or auto (flex on "
+                                  "a GPU, sdpa elsewhere: FlexAttention has no backward on the CPU)",
+                          choices=("auto", "flex", "sdpa"))
     parallel: str = knob("auto", "ranks: ddp (each holds the model), fsdp (FSDP2: each holds 1/world of weights, "
                                  "gradients and AdamW states; bf16 compute on GPU) or auto (fsdp from 1B parameters "
                                  "on several ranks)", choices=("auto", "ddp", "fsdp"))

@@ -351,3 +351,21 @@ def test_check_golden_fails_on_a_perturbed_copy(tmp_path, capsys):
 
 def test_check_golden_rejects_empty_dir(tmp_path):
     assert main(["check-golden", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("order,n,attention", [("par", 4, "full"), ("par", 16, "full"), ("par", 4, "causal"),
+                                               ("raster", 1, "full")])
+def test_flex_attention_block_mask_equals_the_sdpa_group_mask(order, n, attention):
+    """Training's FlexAttention path (a BlockMask of the same rule) gives SDPA's logits (forward on the CPU; the
+    GPU acceptance suite checks gradients). It can fail: a wrong mask rule moves the logits by O(1)."""
+    from par.core.model import build, model_config
+
+    torch.manual_seed(0)
+    model = build(model_config("tiny-S", grid=(8, 8), order=order, n=n, group_attention=attention, vocab_size=32,
+                               num_classes=4)).eval()
+    tokens, labels = torch.randint(0, 32, (3, 64)), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        sdpa = model(tokens, labels)
+        model.attention_kernel = "flex"
+        flex = model(tokens, labels)
+    torch.testing.assert_close(flex, sdpa, atol=2e-5, rtol=1e-5)

@@ -187,6 +187,26 @@ class SpecialEmbeddings(nn.Module):
         self.special_embeddings = nn.Embedding(num, dim)
 
 
+ATTENTION = ("sdpa", "flex")
+
+
+def flex_attention(q, k, v, block_mask):
+    """FlexAttention over PAR's group mask as a `BlockMask`: on a GPU a fused kernel (compiled once) that skips the
+    fully masked tiles, where SDPA's masked path materialises nothing but must take the slower kernel for a boolean
+    mask. Eager elsewhere: the unfused reference, forward only on the CPU (how tests check it against SDPA)."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+
+    global _compiled_flex
+    if q.is_cuda:
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex, dynamic=False)
+        return _compiled_flex(q, k, v, block_mask=block_mask)
+    return flex(q, k, v, block_mask=block_mask)
+
+
+_compiled_flex = None
+
+
 class KVCache(nn.Module):
     """Static (B, H, L, hd) key/value cache written at absolute sequence positions."""
 
@@ -223,9 +243,12 @@ class Attention(nn.Module):
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(pos, k, v)
             k, v = k[:, :, :num_keys], v[:, :, :num_keys]
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout_p if self.training else 0.0
-        )
+        if mask is not None and not isinstance(mask, torch.Tensor):  # a BlockMask: FlexAttention (no attention dropout)
+            y = flex_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.attn_dropout_p if self.training else 0.0
+            )
         return self.resid_dropout(self.wo(y.transpose(1, 2).reshape(B, T, self.dim)))
 
 
@@ -275,6 +298,8 @@ class Transformer(Backbone):
 
         self.register_layout_buffers()
         self.cache_len, self.static_kv = 0, False
+        self.attention_kernel = "sdpa"  # the teacher-forced pass's kernel: "sdpa" (boolean mask) or "flex" (BlockMask)
+        self._block_masks: dict = {}
         self.reset_parameters()
 
     def register_layout_buffers(self, device=None):
@@ -309,6 +334,19 @@ class Transformer(Backbone):
     def _mask(self, pos: torch.Tensor, num_keys: int) -> torch.Tensor:
         return torch.arange(num_keys, device=pos.device)[None, :] < self.block_end[pos][:, None]
 
+    def _training_mask(self, pos: torch.Tensor):
+        """The group mask of the full layout: a boolean matrix for SDPA, or (attention_kernel = "flex") the same rule as a
+        FlexAttention BlockMask — key k is visible to query q iff k < block_end[q] — built once per device."""
+        if self.attention_kernel != "flex" or self.config.attn_dropout_p > 0:
+            return self._mask(pos, self.seq_len)
+        if pos.device not in self._block_masks:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            end = self.block_end.to(pos.device)
+            self._block_masks[pos.device] = create_block_mask(
+                lambda b, h, q, kv: kv < end[q], None, None, self.seq_len, self.seq_len, device=pos.device)
+        return self._block_masks[pos.device]
+
     def _trunk(self, x, pos, mask, num_keys=None):
         freqs = self.freqs_cis[pos]
         for layer in self.layers:
@@ -329,7 +367,7 @@ class Transformer(Backbone):
         if self.cache_len:
             raise RuntimeError("KV caches are set up; call model.clear_caches() before a teacher-forced forward")
         pos = torch.arange(self.seq_len, device=tokens.device)
-        h = self._trunk(self.embed(tokens, labels, pos), pos, self._mask(pos, self.seq_len))
+        h = self._trunk(self.embed(tokens, labels, pos), pos, self._training_mask(pos))
         if not all_positions:
             h = h[:, : self.num_tokens]
         logits = self.output(h).float()
