@@ -10,7 +10,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from par.errors import UserError, as_environment_fault
+from par.errors import UserError, as_environment_fault, disk_full
 
 
 def _umask() -> int:
@@ -33,11 +33,17 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
     return stale
 
 
+def default_mode(path: str | Path) -> None:
+    """Give `path` the permissions a plain `open()` would (0666 less the umask): temp files start at 0600."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 @contextmanager
-def atomic_path(path: str | Path, needed: int | None = None):
+def atomic_path(path: str | Path, needed: int | None = None, digest: bool = False):
     """Yield a temporary path next to `path`; on success it is renamed onto `path`, else removed.
     A full disk or a permission error while writing becomes one `EnvironmentFault` naming `path`
-    (`needed`: the bytes the write needs, for the message)."""
+    (`needed`: the bytes the write needs, for the message). `digest`: record the file's sha256 in
+    `<path>.sha256` (`record_digest`), which `check_digest` / `verify` compare the file against later."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,18 +51,106 @@ def atomic_path(path: str | Path, needed: int | None = None):
     except OSError as e:
         raise (as_environment_fault(e, path, needed) or e) from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; final files get the usual permissions
+    default_mode(tmp)  # mkstemp creates 0600; final files get the usual permissions
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        with record_digest(path, tmp) if digest else _nothing():
+            os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        fault = as_environment_fault(e, path, needed)
-        if fault is None:
+        if as_environment_fault(e, path, needed) is None:
             raise
-        raise fault from None
+        # classified with our partial file still there; reported after removing it, so that the free space
+        # in the message is what the user has (not the 0 B our own temp file left)
+        Path(tmp).unlink(missing_ok=True)
+        raise (as_environment_fault(e, path, needed) or disk_full(path, needed)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+# -- content digests: a same-size change (a flipped bit, a bad copy) is named, not read -----------------------
+#
+# `atomic_path(..., digest=True)` writes `<file>.sha256` (`sha256sum` format, so `sha256sum -c` checks it, and the
+# same file `par fetch` pins downloads in). Sharded writers' finalize copies each shard's digest into the folder's
+# manifest; readers check files against the manifest's record, else the sidecar. A file with no record (written
+# before digests, or not by par) is read unchecked, as before.
+
+
+def digest_path(path: str | Path) -> Path:
+    """`<path>.sha256`: the sha256 recorded when `path` was written."""
+    return Path(f"{path}.sha256")
+
+
+def recorded_digests(path: str | Path) -> list[str]:
+    """The digests recorded for `path` (newest first; two only while a writer is between its renames); []: none."""
+    try:
+        text = digest_path(path).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [line.split()[0].lower() for line in text.splitlines() if line.split()]
+
+
+def _write_digests(path, digests: list[str]) -> None:
+    write_text(digest_path(path), "".join(f"{d}  {Path(path).name}\n" for d in digests))
+
+
+@contextmanager
+def record_digest(path: str | Path, tmp: str | Path):
+    """Around the rename of `tmp` onto `path`: record tmp's sha256 for `path`. A kill between the two renames
+    must not leave a record that matches neither file, so the sidecar lists the new and the old digest until
+    the new file is in place."""
+    new = sha256_file(tmp)  # read back from the page cache: the writers (zip, memmap, torch.save) seek
+    old = [d for d in recorded_digests(path) if d != new]
+    _write_digests(path, [new, *old])
+    yield
+    if old:
+        _write_digests(path, [new])
+
+
+_HASHED: dict[tuple, str] = {}  # (device, inode, size, mtime) → sha256: a file read twice is hashed once
+
+
+def _current_digest(path: str | Path) -> str:
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key]
+
+
+def check_digest(path: str | Path) -> bool | None:
+    """True if `path`'s content matches the digest recorded for it, False if not (damaged or changed since it
+    was written), None if none is recorded."""
+    recorded = recorded_digests(path)
+    if not recorded:
+        return None
+    return _current_digest(path) in recorded
+
+
+def file_digest(path: str | Path) -> str:
+    """The sha256 recorded for `path` when it was written (for a manifest); hashed now if none is recorded."""
+    recorded = recorded_digests(path)
+    if len(recorded) == 1:
+        return recorded[0]
+    have = _current_digest(path)  # no record (a file from before digests), or a writer killed between renames
+    return have if not recorded or have in recorded else recorded[0]
+
+
+def verify(path: str | Path, fix: str, expected: str | None = None, record: str | None = None) -> None:
+    """UserError naming `path` and `fix` unless its content matches `expected` (the digest a manifest, named
+    `record`, holds) or, without one, its `<path>.sha256`. Nothing recorded: nothing to check."""
+    if expected is not None:
+        ok, record = _current_digest(path) == expected, record or "its manifest"
+    else:
+        ok, record = check_digest(path), digest_path(path).name
+    if ok is False:
+        raise UserError(f"{path}: content differs from the sha256 recorded when it was written (in {record}): "
+                        f"damaged or changed since; {fix}")
 
 
 # -- claims: concurrent workers split the work on one folder instead of repeating it ----------------------
@@ -131,14 +225,24 @@ def claim(path: str | Path):
 
 
 def shard_state(path, read_meta, problem, command: str, quiet: bool = False) -> str:
-    """"missing", "unreadable" or "complete" for one shard file of a sharded writer (`par tokenize`,
-    `prepare-video`, `tokenize-video`): `read_meta(path)` reads its metadata, `problem(meta)` says why it does not
-    belong to this run (then a UserError: another run's shards are never overwritten silently)."""
+    """"missing", "damaged", "unreadable" or "complete" for one shard file of a sharded writer (`par tokenize`,
+    `prepare-video`, `tokenize-video`, `sample`): "damaged" if its content differs from the sha256 recorded when
+    it was written (checked first: a flipped bit in its metadata must not pass for another run's shard); then
+    `read_meta(path)` reads its metadata (None: no metadata to check), `problem(meta)` says why it does not
+    belong to this run (then a UserError: another run's shards are never overwritten silently). All but
+    "complete" are made again."""
     import sys
 
     path = Path(path)
     if not path.exists():
         return "missing"
+    if check_digest(path) is False:
+        if not quiet:
+            print(f"par {command}: {path} differs from the sha256 recorded when it was written (damaged); "
+                  "re-making it", file=sys.stderr)
+        return "damaged"
+    if read_meta is None:
+        return "complete"
     try:
         meta = read_meta(path)
     except Exception as e:  # noqa: BLE001 — unreadable: ours to redo (writes are atomic, so rare)
@@ -202,21 +306,24 @@ def torch_save(obj, path: str | Path) -> None:
 
     # through a file object: torch.save names the archive after a path, and the temp name is random, so the same
     # object would give different bytes (and sha256) on every save
-    with atomic_path(path, needed=_tensor_bytes(obj)) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, needed=_tensor_bytes(obj), digest=True) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h, buf = hashlib.sha256(), bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):  # one reused buffer: streaming, no allocation per block
+            h.update(view[:n])
     return h.hexdigest()
 
 
 def torch_load(path: str | Path):
     """`torch.load(weights_only=True)` on the CPU. Reference trainers pickle an argparse `args` entry next to
-    the weights; that one class is allow-listed, never `weights_only=False`. Errors: one line naming the file."""
+    the weights; that one class is allow-listed, never `weights_only=False`. The file is first checked against
+    the sha256 `torch_save` recorded next to it (`verify`; a checkpoint without one is loaded unchecked).
+    Errors: one line naming the file."""
     import argparse
 
     import torch
@@ -225,6 +332,7 @@ def torch_load(path: str | Path):
 
     if not Path(path).is_file():
         raise UserError(f"{path}: checkpoint file not found")
+    verify(path, f"restore it from a copy or make it again (replaced on purpose? delete {digest_path(path)})")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -235,8 +343,12 @@ def torch_load(path: str | Path):
         reason = " ".join(p.strip().replace("\n", " ") for p in str(e).split("\n\n")
                           if p.strip() and not p.lstrip().startswith(("Weights only load failed", "Check the doc")))
         reason = reason.split("WeightsUnpickler error:", 1)[-1].strip()
-        raise UserError(f"{path}: cannot be read with torch.load(weights_only=True); re-save it as a plain state "
-                        f"dict ({type(e).__name__}: {reason or str(e).strip().splitlines()[0]})") from None
+        # only a refused class (a GLOBAL the weights-only unpickler blocks) is fixed by re-saving; anything else
+        # is a damaged, cut-short or foreign file
+        fix = ("re-save it as a plain state dict" if "global" in str(e).lower() else
+               "it is damaged, cut short or not a checkpoint: copy, download or make it again")
+        raise UserError(f"{path}: cannot be read with torch.load(weights_only=True); {fix} "
+                        f"({type(e).__name__}: {reason or str(e).strip().splitlines()[0]})") from None
 
 
 def write_manifest(path: str | Path, manifest: dict) -> Path:

@@ -134,7 +134,8 @@ def test_tokenize_shards_and_manifest(images, vq_ckpt, tokens):
     assert m["class_names"] == ["ant", "bee"] and m["image_size"] == SIZE and m["crop_range"] == 1.1
     assert m["tokenizer"]["checkpoint"] == str(vq_ckpt.absolute()) and len(m["tokenizer"]["sha256"]) == 64
     assert m["source_root"] == str(images.absolute())
-    assert sorted(p.name for p in tokens.iterdir()) == ["manifest.json"] + [shard_name(k) for k in range(3)]
+    assert sorted(p.name for p in tokens.iterdir()) == ["manifest.json"] + sorted(
+        name for k in range(3) for name in (shard_name(k), shard_name(k) + ".sha256"))  # each shard's digest
     parts = [np.load(tokens / shard_name(k)) for k in range(3)]
     assert [len(p["labels"]) for p in parts] == [5, 5, 2]
     codes = np.concatenate([p["codes"] for p in parts])
@@ -175,7 +176,7 @@ def test_crop_range_one_encodes_two_crops_and_gives_the_ten_crop_codes(images, v
 def test_job_array_slots_match_single_run(images, vq_ckpt, tokens, tmp_path):
     out = tmp_path / "arr"
     _run(images, vq_ckpt, out, "--shard", "1", "--num-shards", "2", "--summary", str(tmp_path / "slot1.json"))
-    assert sorted(p.name for p in out.iterdir()) == [shard_name(1)]  # only k = 1 (mod 2); no manifest yet
+    assert sorted(p.name for p in out.iterdir()) == [shard_name(1), shard_name(1) + ".sha256"]  # k = 1 (mod 2) only
     summary = json.loads((tmp_path / "slot1.json").read_text())  # what the workflow's slot job leaves
     assert (summary["slot"], summary["slots"], summary["written"], summary["missing"]) == (1, 2, [1], [0, 2])
     with pytest.raises(UserError, match="2 of 3 shards missing"):

@@ -201,7 +201,7 @@ def test_train_vq_reports_and_records_skipped_images(tmp_path, capsys):
     assert m["num_skipped"] == 2 and [s["path"] for s in m["skipped"]] == ["a/fake.png", "b/trunc.jpg"]
     assert all(s["reason"] for s in m["skipped"])
     assert m["train_images"] + m["heldout_images"] == 6
-    assert sorted(p.name for p in out.iterdir()) == ["vq.pt", "vq_metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["vq.pt", "vq.pt.sha256", "vq_metrics.json"]
 
 
 def test_train_vq_with_no_usable_images_fails_cleanly(tmp_path, capsys):
@@ -235,8 +235,9 @@ def test_a_shard_claimed_by_a_live_worker_is_left_to_it(images, vq_ckpt, referen
         assert main(["tokenize", "--images", str(images), "--vq", str(vq_ckpt), "--out", str(out), *TOK]) == 0
         stdout = capsys.readouterr().out
         assert "wrote 2 shard(s)" in stdout and "left 1 to other workers" in stdout, stdout
-        assert sorted(p.name for p in out.iterdir()) == [theirs.name, "shard-00000.npz", "shard-00001.npz.lock",
-                                                         "shard-00002.npz"]  # no manifest: shard 1 is missing
+        assert sorted(p.name for p in out.iterdir()) == [theirs.name, "shard-00000.npz", "shard-00000.npz.sha256",
+                                                         "shard-00001.npz.lock", "shard-00002.npz",
+                                                         "shard-00002.npz.sha256"]  # no manifest: shard 1 is missing
     finally:
         os.close(lock)  # the other worker dies: its claim is dropped, its files stay
     assert main(["tokenize", "--images", str(images), "--vq", str(vq_ckpt), "--out", str(out), *TOK]) == 0
@@ -324,7 +325,7 @@ def test_leftovers_of_a_killed_tokenize_are_removed_at_start(images, vq_ckpt, re
     out.mkdir()
     # what `kill -9` leaves at various moments: shard 0 done but its claim not yet removed, shard 1 half-written
     # (its temp file and its claim), and a half-written manifest of a finalizing worker
-    for name in ("shard-00000.npz",):
+    for name in ("shard-00000.npz", "shard-00000.npz.sha256"):
         (out / name).write_bytes((reference / name).read_bytes())
     leftovers = ["shard-00000.npz.lock", "shard-00001.npz.lock", ".shard-00001.npz.a1b2c3.tmp",
                  ".manifest.json.z9y8x7.tmp"]

@@ -153,7 +153,8 @@ def test_start_up_removes_a_killed_run_s_temp_files_and_empties_the_log_without_
     train(tiny_cfg(make_token_dir(tmp_path / "d"), out, max_steps=12, ckpt_every=5))
     assert _leftovers(out) == []
     assert _steps(out / "log.jsonl") == list(range(1, 13))
-    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "config.json", "log.jsonl", "model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "ckpt.pt.sha256", "config.json", "log.jsonl",
+                                                     "model.pt", "model.pt.sha256"]
 
 
 def test_resume_cuts_the_log_back_to_the_checkpoint_and_ends_bit_identical(reference, tmp_path, capsys, monkeypatch):
@@ -383,6 +384,30 @@ def test_sigterm_to_snakemake_reaches_its_running_jobs(monkeypatch):
         _kill_if_running(job.pid)
 
 
+
+def test_sigint_to_snakemake_takes_the_sigterm_path(monkeypatch):
+    """Snakemake turns SIGINT into KeyboardInterrupt (cancel, jobs not told, outputs left incomplete); the workflow's
+    hook (par.lifecycle.sigint_like_sigterm) sends the first one down the SIGTERM path; the second is Snakemake's."""
+    from snakemake.scheduling.job_scheduler import JobScheduler
+
+    from par.lifecycle import sigint_like_sigterm
+
+    told = []
+    monkeypatch.setattr(JobScheduler, "__init__", lambda self: None)  # both undone after the test
+    monkeypatch.setattr(JobScheduler, "exit_gracefully", lambda self, *args: told.append(self))
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        assert sigint_like_sigterm() and sigint_like_sigterm()  # idempotent
+        scheduler = JobScheduler()
+        os.kill(os.getpid(), signal.SIGINT)
+        _wait_for(lambda: told == [scheduler], timeout=5, what="the SIGTERM path")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert told == [scheduler]
+
 def _workflow_dir(tmp_path: Path) -> Path:
     """A tiny-preset workflow folder with ready token shards and one model that trains (almost) forever."""
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
@@ -451,6 +476,89 @@ def test_snakemake_sigterm_and_kill_9_stop_the_training_job_which_then_resumes(t
         _kill_if_running(sm.pid, job)
     assert _assert_stopped_and_saved(out, job_log, after_parent_died=True) >= first + 10
 
+
+
+@pytest.mark.slow
+def test_snakemake_sigint_stops_the_training_job_like_sigterm_and_the_rerun_needs_no_flag(tmp_path):
+    wd = _workflow_dir(tmp_path)
+    out, job_log = wd / "results/tiny/models/raster-n1/s0", wd / "results/tiny/logs/train/raster-n1/s0.log"
+    sm = _snakemake_train(wd)
+    job = None
+    try:
+        job = _job_of(sm)
+        _wait_for(lambda: len(_steps(out / "log.jsonl")) >= 10, sm, what="10 steps")
+        sm.send_signal(signal.SIGINT)  # to Snakemake alone, as `kill -INT`
+        _wait_for(lambda: _gone(job), timeout=30, what="the training job to stop")
+        assert sm.wait(timeout=60) == 1
+    finally:
+        _kill_if_running(sm.pid, job)
+    first = _assert_stopped_and_saved(out, job_log)
+    assert not (out / "model.pt").exists()
+    sm = _snakemake_train(wd)  # no --rerun-incomplete: the run resumes from its checkpoint
+    job = None
+    try:
+        job = _job_of(sm)
+        _wait_for(lambda: len(_steps(out / "log.jsonl")) >= first + 3, sm, what="3 more steps")
+        sm.send_signal(signal.SIGTERM)
+        _wait_for(lambda: _gone(job), timeout=30, what="the training job to stop")
+        sm.wait(timeout=60)
+    finally:
+        _kill_if_running(sm.pid, job)
+    assert _assert_stopped_and_saved(out, job_log) >= first + 3
+
+
+def test_a_stale_lock_is_cleared_only_when_its_owner_is_gone(tmp_path):
+    from par.lifecycle import _started, clear_stale_locks
+
+    locks = tmp_path / ".snakemake/locks"
+    locks.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    owners = {"dead": (dead.pid, "x:1"), "alive": (os.getpid(), _started(os.getpid())),
+              "reused": (os.getpid(), "another-boot:1"), "elsewhere": (dead.pid, "x:1")}
+    for i, (name, (pid, started)) in enumerate(owners.items()):
+        (locks / f"{i}.input.lock").write_text("results/a\n")
+        host = "another-host" if name == "elsewhere" else __import__("socket").gethostname()
+        (locks / f"owner-{name}.json").write_text(json.dumps({"pid": pid, "host": host, "started": started,
+                                                                "locks": [f"{i}.input.lock"]}))
+    (locks / "9.output.lock").write_text("results/b\n")  # no record: Snakemake's to judge
+    cleared = clear_stale_locks(tmp_path / ".snakemake")
+    assert len(cleared) == 2 and all("is gone (killed?); `snakemake --unlock` is not needed" in c for c in cleared)
+    assert sorted(p.name for p in locks.iterdir()) == ["1.input.lock", "3.input.lock", "9.output.lock",
+                                                       "owner-alive.json", "owner-elsewhere.json"]
+
+
+@pytest.mark.slow
+def test_after_kill_9_of_snakemake_the_rerun_clears_its_stale_lock(tmp_path):
+    wd = _workflow_dir(tmp_path)
+    out, locks = wd / "results/tiny/models/raster-n1/s0", wd / ".snakemake/locks"
+    sm = _snakemake_train(wd)
+    job = None
+    try:
+        job = _job_of(sm)
+        _wait_for(lambda: list(locks.glob("owner-*.json")), sm, what="the lock owner's record")
+        _wait_for(lambda: len(_steps(out / "log.jsonl")) >= 3, sm, what="3 steps")
+        sm.kill()
+        sm.wait()
+        _wait_for(lambda: _gone(job), timeout=30, what="the orphaned training job to stop")
+    finally:
+        _kill_if_running(sm.pid, job)
+    assert list(locks.glob("*.lock"))  # what made every rerun fail with LockException until --unlock
+    err = tmp_path / "rerun.err"
+    env = _env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    with open(err, "w") as f:
+        sm = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "-s", str(ROOT / "workflow/Snakefile"),
+                               "--directory", str(wd), "results/tiny/models/raster-n1/s0/model.pt"],
+                              stdout=subprocess.DEVNULL, stderr=f, env=env)
+    job = None
+    try:
+        job = _job_of(sm)  # the rerun got past the lock and resumed the training
+        sm.send_signal(signal.SIGTERM)
+        _wait_for(lambda: _gone(job), timeout=30, what="the training job to stop")
+        sm.wait(timeout=60)
+    finally:
+        _kill_if_running(sm.pid, job)
+    assert re.search(r"removed the stale lock of Snakemake \d+ .*is gone", err.read_text()), err.read_text()[-3000:]
 
 # -- 4. kill-at-random soaks -----------------------------------------------------------------------
 

@@ -74,7 +74,7 @@ def test_write_adm_npz_format(tmp_path):
         assert npz.files == ["arr_0"]
         arr = npz["arr_0"]
     assert arr.dtype == np.uint8 and arr.shape == (5, 16, 16, 3) and np.array_equal(arr, x)
-    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+    assert sorted(tmp_path.iterdir()) == [path, tmp_path / "s.npz.sha256"]  # no temp file left behind
 
     back = read_images(path)
     assert isinstance(back, np.memmap) and np.array_equal(back, x)  # uncompressed: mapped, not loaded

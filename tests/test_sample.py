@@ -36,7 +36,7 @@ def test_sharded_sampling_resumes_and_covers_every_index(tiny_models, tmp_path):
     assert main(_args(tiny_models, full)) == 0
     # a "killed" run: only shard 1 of 3 exists; the rerun completes exactly the missing ones
     assert main(_args(tiny_models, part, "--shard", "1", "--num-shards", "3")) == 0
-    assert sorted(p.name for p in (part / "shards").iterdir()) == ["samples-00001.npz"]
+    assert sorted(p.name for p in (part / "shards").iterdir()) == ["samples-00001.npz", "samples-00001.npz.sha256"]
     assert main(_args(tiny_models, part, "--finalize")) == 0
     a, b = np.load(full / "samples.npz"), np.load(part / "samples.npz")
     assert list(a.keys()) == ["arr_0"]
@@ -88,7 +88,7 @@ def test_folder_from_an_older_version_without_new_fields_is_accepted(tiny_models
     del rec["compile"]  # a field added later, at its default
     (out / "job.json").write_text(json.dumps(rec))
     assert main(_args(tiny_models, out, "--shard", "1", "--num-shards", "3")) == 0
-    assert len(list((out / "shards").iterdir())) == 2  # shard 0 kept: same inputs, same settings
+    assert len(list((out / "shards").glob("*.npz"))) == 2  # shard 0 kept: same inputs, same settings
 
 
 @pytest.mark.slow
@@ -122,7 +122,7 @@ def test_worker_processes_split_the_shards_and_give_the_same_samples(tiny_models
     for name in ("samples.npz", "labels.npy"):
         a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name)
         np.testing.assert_array_equal(a["arr_0"] if name.endswith("npz") else a, b["arr_0"] if name.endswith("npz") else b)
-    assert sorted(p.name for p in (tmp_path / "two" / "shards").iterdir()) == [f"samples-0000{k}.npz" for k in range(3)]
+    assert sorted(p.name for p in (tmp_path / "two" / "shards").glob("*.npz")) == [f"samples-0000{k}.npz" for k in range(3)]
 
 
 def test_a_sampling_job_with_several_gpus_runs_a_worker_per_gpu():

@@ -104,7 +104,7 @@ def test_save_load_round_trip(tmp_path):
     model = VQModel(small_config(commit_loss_beta=0.5))
     model.quantize.codebook_used[-3:] = torch.tensor([1.0, 2.0, 3.0])
     save_vq(model, tmp_path / "vq.pt")
-    assert [p.name for p in tmp_path.iterdir()] == ["vq.pt"]  # no temp file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vq.pt", "vq.pt.sha256"]  # no temp file left behind
     loaded = load_vq(tmp_path / "vq.pt")  # config read from the file
     assert loaded.cfg == model.cfg
     a, b = model.state_dict(), loaded.state_dict()

@@ -180,7 +180,7 @@ def test_a_crash_leaves_no_half_written_shard(idx_dir, tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         prepare_clips(_Failing(idx_dir, "train", frames=9, size=40, num_videos=10), out, shard_size=3,
                       progress=False)
-    assert sorted(p.name for p in out.iterdir()) == [shard_name(0)]  # no temp, lock or partial shard 1
+    assert sorted(p.name for p in out.iterdir()) == [shard_name(0), shard_name(0) + ".sha256"]  # nothing of shard 1
 
 
 def test_workers_give_the_same_bytes(idx_dir, tmp_path):

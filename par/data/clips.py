@@ -9,7 +9,9 @@ everything after it read one format:
   str (the item each clip came from) and ``meta`` (0-d str, JSON: the run's settings, the shard's range, its
   per-class counts and the items skipped in it, each with the reason).
 * ``manifest.json``: rebuilt from the shards' metadata once every shard exists (so concurrent writers agree):
-  frames, fps, size, num_classes, class_names, counts, skipped items with reasons, and each shard's size.
+  frames, fps, size, num_classes, class_names, counts, skipped items with reasons, and each shard's size and
+  sha256 (recorded in ``clips-{k:05d}.npz.sha256`` when the shard was written; `VideoClips` checks every shard it
+  reads against it, `prepare_clips` makes a shard that no longer matches it again).
 
 `prepare_clips` handles the shards k ≡ `shard` (mod `num_shards`), keeps shards that are complete and were
 written with the same settings, and claims each shard before making it (`par.io.try_claim`), as `par
@@ -33,7 +35,7 @@ import numpy as np
 
 from par.data.shards import ZIP_DATE, _array_headers, _npy_bytes
 from par.errors import UserError
-from par.io import atomic_path, make_shards, shard_state, write_manifest
+from par.io import atomic_path, file_digest, make_shards, shard_state, verify, write_manifest
 from par.progress import Progress
 
 FORMAT = "par-video-clips"
@@ -57,7 +59,7 @@ def write_clips(path, clips: np.ndarray, labels, names, meta: dict) -> None:
     same bytes; `np.load` reads it)."""
     arrays = {"clips": clips, "labels": np.asarray(labels, np.int64), "names": np.asarray(names, dtype=str),
               "meta": np.array(json.dumps(meta, sort_keys=True))}
-    with atomic_path(path, needed=clips.nbytes) as tmp:
+    with atomic_path(path, needed=clips.nbytes, digest=True) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for key in KEYS:
                 info = zipfile.ZipInfo(key + ".npy", date_time=ZIP_DATE)
@@ -229,7 +231,7 @@ def build_manifest(out) -> dict:
             raise UserError(f"{p}: does not belong with {files[0].name} ({why}); delete the strays and re-run")
         c = meta["_arrays"]["clips"]
         shards.append({"file": p.name, "start": meta["start"], "stop": meta["stop"], "num_clips": c["shape"][0],
-                       "bytes": p.stat().st_size, "clips_offset": c["offset"]})
+                       "bytes": p.stat().st_size, "sha256": file_digest(p), "clips_offset": c["offset"]})
         skipped += meta["skipped"]
         counts += meta["class_counts"]
     s = m0["settings"]
@@ -267,6 +269,23 @@ class VideoClips:
         self.shape = (m["frames"], m["size"], m["size"], 3)
         self._ends = np.cumsum([s["num_clips"] for s in m["shards"]])
         self._labels = None
+        self._intact = set()  # shards whose content this process has checked (`shard_file`)
+
+    def shard_file(self, k: int) -> Path:
+        """Shard k's file, its content checked (once per process, when first read) against the sha256 the manifest
+        records for it (a manifest from before digests: unchecked)."""
+        s, p = self.manifest["shards"][k], self.dir / self.manifest["shards"][k]["file"]
+        if k not in self._intact:
+            verify(p, "re-run `par prepare-video` with the same settings: it makes damaged shards again",
+                   s.get("sha256"), MANIFEST)
+            self._intact.add(k)
+        return p
+
+    def verify(self) -> "VideoClips":
+        """Check every shard's content now (before a long computation that would read them all)."""
+        for k in range(len(self.manifest["shards"])):
+            self.shard_file(k)
+        return self
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
@@ -281,8 +300,8 @@ class VideoClips:
     def labels(self) -> np.ndarray:
         if self._labels is None:
             parts = []
-            for s in self.manifest["shards"]:
-                with np.load(self.dir / s["file"]) as z:
+            for k in range(len(self.manifest["shards"])):
+                with np.load(self.shard_file(k)) as z:
                     parts.append(z["labels"])
             self._labels = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         return self._labels
@@ -290,7 +309,7 @@ class VideoClips:
     def clip(self, i: int) -> tuple[np.ndarray, int]:
         k, j = self.locate(i)
         s, n = self.manifest["shards"][k], int(np.prod(self.shape))
-        with open(self.dir / s["file"], "rb") as f:
+        with open(self.shard_file(k), "rb") as f:
             f.seek(s["clips_offset"] + j * n)
             buf = f.read(n)
         if len(buf) != n:
@@ -299,8 +318,8 @@ class VideoClips:
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         clips, labels, names = [], [], []
-        for s in self.manifest["shards"]:
-            with np.load(self.dir / s["file"]) as z:
+        for k in range(len(self.manifest["shards"])):
+            with np.load(self.shard_file(k)) as z:
                 clips.append(z["clips"])
                 labels.append(z["labels"])
                 names.append(z["names"])

@@ -108,6 +108,8 @@ def fetch(url: str, out: str | Path, sha256: str = "", allow_unpinned: bool = Fa
         digest = have
     else:
         digest = _retrieve(url, out, known or None)
+        if out.is_file():
+            io.default_mode(out)  # pooch downloads into a 0600 temp file: give it the umask's permissions
         if known and digest != known:
             fix = (f"delete {pin_path(out)} and rerun with --allow-unpinned to pin the new one" if not sha256 else
                    "set its new digest as the sha256 setting of this download in config.yaml")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from par.errors import UserError
-from par.io import atomic_path
+from par.io import atomic_path, verify
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 NPZ_KEY = "arr_0"
@@ -113,6 +113,8 @@ def read_images(path: str | os.PathLike, max_images: int | None = None) -> np.nd
     elif path.is_file():
         if path.suffix != ".npz":
             raise UserError(f"{path}: expected an ADM .npz (arr_0 uint8 NxHxWx3) or a folder of images")
+        verify(path, "make it again (samples: rerun `par sample`, which repacks them from its shards; a reference: "
+                     "rerun `par make-reference` or `par fetch`)")
         try:
             with zipfile.ZipFile(path) as zf:
                 info = next((i for i in zf.infolist() if i.filename == NPZ_KEY + ".npy"), None)
@@ -160,5 +162,5 @@ def write_adm_npz(images: np.ndarray | Sequence[np.ndarray], path: str | os.Path
                                          f"expected uint8 {first.shape}")
                     f.write(np.ascontiguousarray(img).tobytes())
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, digest=True) as tmp:
         write(tmp)

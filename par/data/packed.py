@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +29,20 @@ def _source_id(shards) -> str:
     return hashlib.sha256((shards.dir / "manifest.json").read_bytes()).hexdigest()
 
 
-def _is_current(folder: Path, source: str) -> bool:
+def _is_current(folder: Path, source: str, quiet: bool = False) -> bool:
+    """Packed from this manifest, and both arrays match the sha256 recorded when they were written (a cache: a
+    damaged one, or one packed before digests, is packed again)."""
     meta = folder / "source.json"
-    return meta.exists() and json.loads(meta.read_text()).get("manifest_sha256") == source
+    if not (meta.exists() and json.loads(meta.read_text()).get("manifest_sha256") == source):
+        return False
+    for p in (folder / "codes.npy", folder / "labels.npy"):
+        ok = p.exists() and io.check_digest(p)
+        if not ok:
+            if not quiet:
+                why = "no sha256 recorded" if ok is None else "differs from the sha256 recorded when it was written"
+                print(f"par: {p}: {why}; packing it again from the shards", file=sys.stderr)
+            return False
+    return True
 
 
 def _write(shards, folder: Path) -> None:
@@ -38,18 +50,18 @@ def _write(shards, folder: Path) -> None:
     n = len(shards)
     shape = (n, shards.num_crops, int(np.prod(shards.grid)))
     folder.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(folder / "codes.npy", needed=int(np.prod(shape)) * 2) as tmp:
+    with io.atomic_path(folder / "codes.npy", needed=int(np.prod(shape)) * 2, digest=True) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=codes_dtype(shards.codebook_size), shape=shape)
         labels, at = np.empty(n, np.int64), 0
         for k, s in enumerate(shards.shards):
-            with np.load(shards.dir / s["file"]) as z:
+            with np.load(shards.shard_file(k)) as z:
                 codes = shards._checked_codes(k, z["codes"])
                 out[at:at + len(codes)] = codes
                 labels[at:at + len(codes)] = shards._checked_labels(k, z["labels"])
             at += len(codes)
         out.flush()
         del out
-    with io.atomic_path(folder / "labels.npy") as tmp, open(tmp, "wb") as f:
+    with io.atomic_path(folder / "labels.npy", digest=True) as tmp, open(tmp, "wb") as f:
         np.save(f, labels, allow_pickle=False)
 
 
@@ -62,7 +74,7 @@ def packed(data_dir) -> tuple[np.ndarray, np.ndarray, object]:
     if not _is_current(folder, source):
         held = io.try_claim(folder / "codes.npy", blocking=True)  # ranks take turns: the first one packs
         try:
-            if not _is_current(folder, source):
+            if not _is_current(folder, source, quiet=True):
                 io.remove_stale_temps(folder / "codes.npy")
                 _write(shards, folder)
                 io.write_json(folder / "source.json", {"manifest_sha256": source, "num_images": len(shards)})

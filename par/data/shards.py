@@ -9,15 +9,18 @@ A token directory holds:
   run's settings and the images skipped in it, with reasons.
 * ``manifest.json``: rebuilt from the shards' own metadata (so concurrent writers agree); it records,
   among others, ``grid``, ``codebook_size``, ``num_classes``, ``num_crops`` and ``crop_order`` (the name of
-  each crop index; the centre crop is the one named ``"center"``) and each shard's size and codes offset.
+  each crop index; the centre crop is the one named ``"center"``) and each shard's size, sha256 and codes offset.
+* ``shard-{k:05d}.npz.sha256``: the shard's sha256, recorded when it was written (`par.io.atomic_path`); the
+  manifest copies it, `par tokenize` makes a shard that no longer matches it again.
 * while a shard (or the manifest) is being made: ``<file>.lock``, the writer's claim on it (`claim`); the
   kernel drops the lock when its holder dies, so the next worker takes the claim over.
 
 `TokenShards` reads such a directory (all codes in memory, one crop of them, or single items straight from
 the files); `TokenDataset` is the map-style torch dataset over it (one crop drawn per item, paper §8.2).
 The reader trusts no shard: before anything is read it checks each file's arrays against the manifest (codes
-dtype, images × crops × h·w, labels), and each shard it loads for codes in 0..codebook_size−1 and labels in
-0..num_classes−1; a mismatch is one `UserError` naming the file.
+dtype, images × crops × h·w, labels), and each shard it loads for its sha256 (the manifest's record: a flipped bit
+is named, not trained on), codes in 0..codebook_size−1 and labels in 0..num_classes−1; a mismatch is one
+`UserError` naming the file.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 
 from par.data.crops import crop_size
 from par.errors import UserError
-from par.io import atomic_path, write_manifest
+from par.io import atomic_path, file_digest, verify, write_manifest
 
 FORMAT = "par-token-shards"
 VERSION = 1
@@ -99,7 +102,7 @@ def write_shard(path, codes, labels, indices, meta: dict) -> None:
     (same content → same bytes; readable with `np.load`)."""
     arrays = {"codes": codes, "labels": np.asarray(labels, np.int64), "indices": np.asarray(indices, np.int64),
               "meta": np.array(json.dumps(meta, sort_keys=True))}
-    with atomic_path(path) as tmp:  # created with the umask's permissions: shards are shared data
+    with atomic_path(path, digest=True) as tmp:  # the umask's permissions: shards are shared data
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for key in SHARD_KEYS:
                 info = zipfile.ZipInfo(key + ".npy", date_time=ZIP_DATE)
@@ -209,7 +212,8 @@ def _shard_entries(out: Path, meta0: dict, first_name: str) -> tuple[list[dict],
                             "delete the stray shards and re-run `par tokenize`")
         c = meta["_arrays"]["codes"]
         shards.append({"file": path.name, "start": meta["start"], "stop": meta["stop"], "num_images": c["shape"][0],
-                       "bytes": path.stat().st_size, "codes_offset": c["offset"], "codes_dtype": c["dtype"]})
+                       "bytes": path.stat().st_size, "sha256": file_digest(path), "codes_offset": c["offset"],
+                       "codes_dtype": c["dtype"]})
         skipped += meta["skipped"]
     return shards, skipped
 
@@ -389,12 +393,24 @@ class TokenShards:
         self._tokens = int(np.prod(self.grid))
         self._ends = np.cumsum([s["num_images"] for s in self.shards])
         self._labels = {}  # shard → labels array (loaded on first use)
+        self._intact = set()  # shards whose content this process has checked (`shard_file`)
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
 
     def __getstate__(self):  # pickled into DataLoader workers: without the label cache
         return {**self.__dict__, "_labels": {}}
+
+    def shard_file(self, k: int) -> Path:
+        """Shard k's file, its content checked (once per process, when first read) against the sha256 the manifest
+        records for it (else its `.sha256` sidecar; neither: unchecked, as before digests)."""
+        s, p = self.shards[k], self.dir / self.shards[k]["file"]
+        if k not in self._intact:
+            cmd = "tokenize-video" if "video" in self.manifest else "tokenize"
+            verify(p, f"re-run `par {cmd}` with the same settings: it makes damaged shards again", s.get("sha256"),
+                   MANIFEST)
+            self._intact.add(k)
+        return p
 
     def check_crop(self, crop: int) -> int:
         if not (isinstance(crop, (int, np.integer)) and 0 <= crop < self.num_crops):
@@ -418,7 +434,7 @@ class TokenShards:
         for k, s in enumerate(self.shards):  # int16 ImageNet codes are 14.7 GB in all
             if num is not None and have >= num:
                 break
-            with np.load(self.dir / s["file"]) as z:
+            with np.load(self.shard_file(k)) as z:
                 c = self._checked_codes(k, z["codes"])
                 codes.append(c if crop is None else c[:, crop])
                 labels.append(self._checked_labels(k, z["labels"]))
@@ -440,7 +456,7 @@ class TokenShards:
 
     def shard_labels(self, k: int) -> np.ndarray:
         if k not in self._labels:
-            with np.load(self.dir / self.shards[k]["file"]) as z:
+            with np.load(self.shard_file(k)) as z:
                 self._labels[k] = self._checked_labels(k, z["labels"])
         return self._labels[k]
 
@@ -456,7 +472,7 @@ class TokenShards:
         s = self.shards[k]
         dtype = np.dtype(s["codes_dtype"])
         n = self._tokens
-        with open(self.dir / s["file"], "rb") as f:
+        with open(self.shard_file(k), "rb") as f:
             f.seek(s["codes_offset"] + (j * self.num_crops + crop) * n * dtype.itemsize)
             buf = f.read(n * dtype.itemsize)
         if len(buf) != n * dtype.itemsize:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from par.devices import HELP as DEVICE_HELP
 from par.errors import UserError
 
 PROTOCOLS = {
@@ -120,9 +121,12 @@ def fvd_details(clips_a, clips_b, batch_size: int = 8, protocol: str | None = No
 
 def load_clips(path) -> np.ndarray:
     """uint8 clips (N, T, H, W, 3) from .npy (memory-mapped) or .npz (array ``clips`` or its only array)."""
+    from par.io import verify
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    verify(path, "make it again (a samples.npz: rerun `par sample`, which repacks it from its shards)")
     try:
         if path.suffix == ".npy":
             clips = np.load(path, mmap_mode="r")
@@ -182,7 +186,7 @@ def open_clips(path, frames: int = 0, flag: str = "--clips") -> Clips:
     if path.is_dir():
         from par.data.clips import VideoClips
 
-        source = VideoClips(path)
+        source = VideoClips(path).verify()  # all of it, before the network: FVD never scores damaged clips
     else:
         source = load_clips(path)
     return Clips(source, frames=frames, name=f"{flag} {path}")
@@ -205,7 +209,7 @@ def write_stats(path, mu, sigma, *, n: int | None, frames: int, **settings) -> N
     """An I3D statistics .npz (atomic): mu, sigma, the clip count n (-1: unknown), frames, and `settings`."""
     from par.io import atomic_path
 
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, digest=True) as tmp, open(tmp, "wb") as f:
         np.savez(f, mu=mu, sigma=sigma, n=np.int64(-1 if n is None else n), frames=np.int64(frames),
                  **{k: np.asarray(v) for k, v in settings.items()})
 
@@ -213,11 +217,17 @@ def write_stats(path, mu, sigma, *, n: int | None, frames: int, **settings) -> N
 def load_reference(path, frames: int = 0):
     """(Clips, None), or (None, {"mu", "sigma", "n", "frames"}) when the .npz holds I3D statistics (n and frames
     None when the file predates them)."""
+    from par.io import verify
+
     path = Path(path)
     if path.suffix == ".npz" and path.is_file():
         with np.load(path) as npz:
             if {"mu", "sigma"} <= set(npz.files):
-                mu, sigma = npz["mu"], npz["sigma"]
+                verify(path, "rerun `par fvd-stats` (or `par fvd --save-reference-stats`) to make it again")
+                try:
+                    mu, sigma = npz["mu"], npz["sigma"]
+                except ValueError as e:  # object arrays: never unpickled
+                    raise UserError(f"{path}: unreadable I3D statistics ({e}); make them with `par fvd-stats`") from None
                 if mu.shape != (400,) or sigma.shape != (400, 400):
                     raise UserError(f"{path}: mu/sigma must be (400,) and (400, 400) I3D statistics, got "
                                     f"{mu.shape} and {sigma.shape}")
@@ -243,6 +253,7 @@ def cmd_fvd(args) -> int:
                         f"generated clips give {generated.shape[1]}; pass --frames {ref_stats['frames']} (or "
                         f"recompute the statistics with `par fvd-stats --frames {generated.shape[1]}`)")
     model = load_i3d(args.weights, device=args.device)
+    args.device = str(next(model.parameters()).device)  # "auto" resolved: the clips go where the network is
     out = fvd_details(generated, reference, args.batch_size, protocol, model, args.device,
                       reference_stats=None if ref_stats is None else (ref_stats["mu"], ref_stats["sigma"]),
                       bootstrap=args.bootstrap, seed=args.seed)
@@ -275,6 +286,7 @@ def cmd_fvd_stats(args) -> int:
     clips = open_clips(args.clips, args.frames, "--clips")
     idx = np.sort(draw(len(clips), args.max_clips, args.seed))  # sorted: sequential reads; statistics ignore order
     model = load_i3d(args.weights, device=args.device)
+    args.device = str(next(model.parameters()).device)  # "auto" resolved: the clips go where the network is
     t0 = time.perf_counter()
     mu, sigma = statistics(logits(model, clips.subset(idx), args.batch_size))
     write_stats(args.out, mu, sigma, n=len(idx), frames=clips.shape[1], seed=args.seed, max_clips=args.max_clips,
@@ -288,7 +300,7 @@ def _common(p) -> None:
     p.add_argument("--frames", type=int, default=0, help="use the first F frames of every clip (FVD is usually on 16 "
                    "of 17); 0 = all (default)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per I3D forward")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--weights", help="I3D weights (default $PAR_I3D_WEIGHTS, else the cache; `par setup-i3d`)")
 
 

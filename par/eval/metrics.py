@@ -55,7 +55,7 @@ import numpy as np
 from par.config import EvaluateSettings, add_arguments, from_args
 from par.errors import UserError
 from par.eval.frechet import feature_statistics, frechet_distance  # noqa: F401 — part of this module's API
-from par.io import atomic_path, sha256_file, torch_load, torch_save, write_text
+from par.io import atomic_path, sha256_file, torch_load, torch_save, verify, write_text
 
 FEATURE_EXTRACTOR_NAME = "inception-v3-compat-fidhelper"
 FIDHELPER_FILE = "default_1.pt"
@@ -231,15 +231,15 @@ def fidhelper_weights() -> tuple[Path, str]:
 
 
 def _use_cuda(device: str | None) -> bool:
+    """Whether torch-fidelity's extractor runs on CUDA (on this process's current device, which `resolve` names)."""
     import torch
 
-    if device in (None, "auto"):
-        return torch.cuda.is_available()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device {device}: expected auto, cpu or cuda")
-    return device == "cuda"
+    from par.devices import resolve
+
+    dev = resolve(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev.type == "cuda"
 
 
 def create_feature_extractor(cuda: bool = False, weights: str | os.PathLike | None = None):
@@ -299,6 +299,7 @@ def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarra
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    verify(path, "download or make it again")  # against its `.sha256` (a `par fetch` pin, a par writer's record)
     try:
         npz = np.load(path)
     except (OSError, ValueError) as e:

@@ -3,8 +3,8 @@
 N samples are cut into fixed shards; shard k (indices [k·S, (k+1)·S)) draws its random labels and its
 tokens from a generator seeded by (seed, k), so the result does not depend on how many ranks or Slurm
 array tasks share the work. A job given k GPUs runs `par sample --procs k`: one worker process per GPU
-(GPU i takes shards i, i+k, …), then the parent packs them. Each shard is written atomically; a rerun after a kill completes only the
-missing shards. `--finalize` (or the process that finds every shard present) packs the ADM-format npz
+(GPU i takes shards i, i+k, …), then the parent packs them. Each shard is written atomically, with its sha256 next to it; a rerun after a kill completes only the
+missing shards (and those that no longer match their sha256). `--finalize` (or the process that finds every shard present) packs the ADM-format npz
 (`arr_0`, uint8 N×H×W×3), a class grid PNG (one row per class, the first 10 classes, 10 samples each) and `sampling.json` (settings, steps, latency at batch 1,
 throughput).
 
@@ -66,9 +66,9 @@ def _setup(job: SampleJob):
 
     from par.core.model import load_checkpoint, model_config
 
-    local = int(os.environ.get("LOCAL_RANK", 0))  # torchrun / --procs: one GPU per worker
-    device = torch.device(f"cuda:{local}" if job.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if job.device == "auto" else job.device))
+    from par.devices import resolve
+
+    device = resolve(job.device)  # torchrun / --procs: one GPU per worker (cuda:LOCAL_RANK)
     dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
              "fp32": torch.float32}[job.dtype]
     config = None
@@ -148,7 +148,7 @@ def run_shard(job: SampleJob, k: int, model, vq, device) -> None:
         tokens.append(tok.cpu().numpy().astype(np.int16 if model.config.vocab_size <= 1 << 15 else np.int32))
         images.append(img)
     seconds = time.perf_counter() - t0
-    with io.atomic_path(shard_path(Path(job.out), k)) as tmp:
+    with io.atomic_path(shard_path(Path(job.out), k), digest=True) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **{"clips" if is_video(model) else "images": np.concatenate(images)},
                      tokens=np.concatenate(tokens), labels=labels.cpu().numpy(), indices=np.arange(lo, hi),
@@ -245,7 +245,7 @@ def write_mp4(path, frames, fps: int) -> str:
 
 def write_clips_npz(path, clips: np.ndarray, labels) -> None:
     """Video samples as `par fvd` reads them: `clips` (uint8 N×T×H×W×3) and `labels` (int64), written atomically."""
-    with io.atomic_path(path, needed=clips.nbytes) as tmp, open(tmp, "wb") as f:
+    with io.atomic_path(path, needed=clips.nbytes, digest=True) as tmp, open(tmp, "wb") as f:
         np.savez(f, clips=clips, labels=np.asarray(labels, np.int64))
 
 
@@ -261,6 +261,8 @@ def finalize(job: SampleJob, model=None, vq=None, device=None) -> Path:
     if missing:
         raise UserError(f"{out}: shards {missing[:5]}{'…' if len(missing) > 5 else ''} missing; run `par sample` "
                         "again without --finalize to complete them")
+    for k in range(job.num_shards):
+        io.verify(shard_path(out, k), "run `par sample` again without --finalize: it makes damaged shards again")
     shards = [np.load(shard_path(out, k)) for k in range(job.num_shards)]
     indices = np.concatenate([s["indices"] for s in shards])
     if not np.array_equal(indices, np.arange(job.num_samples)):
@@ -285,7 +287,9 @@ def finalize(job: SampleJob, model=None, vq=None, device=None) -> Path:
             Image.fromarray(grid).save(tmp, format="PNG")
     total_seconds = float(sum(float(s["seconds"]) for s in shards))
     latency, runs = measure_latency(job, model, vq, device)
-    meta = {"job": asdict(job), "num_samples": job.num_samples, "num_shards": job.num_shards,
+    from par.provenance import git_commit  # the commit that sampled this run (runs.csv: sample_commit)
+
+    meta = {"job": asdict(job), "num_samples": job.num_samples, "num_shards": job.num_shards, "commit": git_commit(),
             "forward_calls": forward_calls(model, job), "order": model.order.name, "n": model.config.n,
             "params": model.num_params,
             "seconds_per_image_batch1": latency, "latency_runs": runs,
@@ -326,8 +330,14 @@ def _check_folder(job: SampleJob, out: Path) -> None:
             for p in stale + [out / f for f in ("samples.npz", "labels.npy", "grid.png", "grid.gif", "grid.mp4",
                                                 "sampling.json")]:
                 p.unlink(missing_ok=True)
+                io.digest_path(p).unlink(missing_ok=True)
     if prev_inputs != inputs:
         io.write_json(settings, {**asdict(job), "inputs": inputs})
+
+
+def _done(out: Path, k: int, quiet: bool = False) -> bool:
+    """Shard k is written and intact (a damaged one is made again, like a missing one)."""
+    return io.shard_state(shard_path(out, k), None, None, "sample", quiet) == "complete"
 
 
 def run(job: SampleJob, shard: int, num_shards: int, do_finalize: bool) -> None:
@@ -338,13 +348,13 @@ def run(job: SampleJob, shard: int, num_shards: int, do_finalize: bool) -> None:
     out = Path(job.out)
     model, vq, device = _setup(job)
     _check_folder(job, out)
-    todo = [k for k in range(shard, job.num_shards, num_shards) if not shard_path(out, k).exists()]
+    todo = [k for k in range(shard, job.num_shards, num_shards) if not _done(out, k)]
     from par.progress import progress
 
     others = []
     for k in progress(todo, f"sample {out.name}", enable=bool(todo)):
         with io.claim(shard_path(out, k)) as mine:
-            if mine and not shard_path(out, k).exists():
+            if mine and not _done(out, k, quiet=True):
                 run_shard(job, k, model, vq, device)
             elif not mine:
                 others.append(k)

@@ -95,8 +95,10 @@ def run_train_bench(name: str, device=None, steps=None, compile_=None, checkpoin
     flops = 6 * params * tokens
     peak = next((v for k, v in PEAK_FLOPS.items() if dev.type == "cuda" and k in torch.cuda.get_device_name(dev)), None)
     blocks = parallel.blocks(model)
+    acts = memory.measure(p.size, p.vocab_size, 1000, arpg=p.order == "arpg", dropout=cfg.resid_dropout_p,
+                          precision="autocast" if bf16 else "fp32")
     plan = memory.per_gpu(memory.Job(params, max(sum(q.numel() for q in b.parameters()) for b in blocks), len(blocks),
-                                     cfg.dim, p.vocab_size, seq, 1, p.micro_batch, "ddp", checkpointing))
+                                     acts, seq, 1, p.micro_batch, "ddp", checkpointing))
     return {"preset": name, "size": p.size, "order": p.order, "n": p.n, "grid": list(p.grid), "vocab": p.vocab_size,
             "micro_batch": p.micro_batch, "precision": p.precision, "compile": compile_, "checkpointing": checkpointing,
             "params": params, "tokens_per_step": tokens, "steps_timed": steps, "seconds_per_step": sec,
