@@ -116,3 +116,16 @@ def test_every_paper_training_job_fits_80_gb_with_headroom(tmp_path, capsys):
     assert len(rows) >= 10
     for r in rows:
         assert r["gpu_mem_gb"] == 80 and r["headroom_gb"] >= 0.1 * 80, (r["model"], r["total_gb"])
+
+
+def test_plan_says_how_many_requeues_a_long_training_job_takes(tmp_path, capsys):
+    """GPT-3B: ~4e21 FLOPs on 16 A100s at 40 % MFU is ~570 h against a 48 h job limit: 11 requeues."""
+    from par.train.plan import plan
+
+    rows = {r["model"]: r for r in plan(ROOT / "config.yaml", "paper", tmp_path, 0.4)}
+    r = rows["par-3B-n4"]
+    assert r["wall_hours"] == pytest.approx(r["train_flops"] / (16 * 312e12 * 0.4) / 3600)
+    assert r["requeues"] == int(-(-r["wall_hours"] // 48)) - 1 >= 10
+    assert main(["plan", "--preset", "paper", "--results", str(tmp_path)]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("par-3B-n4: ~"))
+    assert f"submitit requeues it ~{r['requeues']} times" in line and "48 h job limit" in line

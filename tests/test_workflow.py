@@ -206,6 +206,10 @@ def test_cluster_dry_run_before_the_download_lists_every_job_and_warns_per_missi
     for run in experiment.runs:  # every model's training (or download) job is listed
         assert experiment.model_path(run) in out, run
     assert "rule report:" in out and "rule tables:" in out
+    # a cluster job's threads are the CPUs Slurm gave it, not the submit host's --cores (2 here) that Snakemake
+    # caps `threads` at (#25): every multi-threaded shell line reads SLURM_CPUS_PER_TASK first
+    shells = [ln for ln in out.splitlines() if "OMP_NUM_THREADS=" in ln and "par train " not in ln]
+    assert shells and all("OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-" in ln for ln in shells), shells[:3]
 
 
 

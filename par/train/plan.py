@@ -101,6 +101,7 @@ def plan(config_path, preset_name: str, results: str | Path, mfu: float) -> list
                "train_flops": train_flops, "sample_flops": sample_flops}
         if trained:
             row |= _memory(preset, m, train, params, block, layers, vocab_m, classes_m, seq_len)
+            row |= _requeues(preset, m, train_flops, mfu)
         for gpu, peak in (("A100", PEAK_FLOPS["A100"]), ("H100", PEAK_FLOPS["H100"])):
             row[f"{gpu}_hours"] = (train_flops + sample_flops) / (peak * mfu) / 3600
         rows.append(row)
@@ -133,6 +134,25 @@ def _memory(preset: dict, entry: dict, train: dict, params, block, layers, vocab
             "fix": "" if fits else memory.fix(job, res.gpu_mem_gb)}
 
 
+def _requeues(preset: dict, entry: dict, train_flops: float, mfu: float) -> dict:
+    """Wall-clock hours of a training job on the GPUs of its resources entry, and the requeues that takes: a job
+    longer than the partition's time limit (`runtime`) is stopped at each limit and requeued by submitit
+    (`max_requeues`), resuming from its checkpoint. The GPU's peak follows the constraint (an H100 feature, else
+    the A100 the paper used)."""
+    from par.config import ClusterSettings, Preset, check
+
+    res = check(Preset, {"models": {}, **preset}, "preset").resources_for(entry.get("resources", "train"))
+    if not res.gpus:
+        return {}
+    peak = PEAK_FLOPS["H100"] if "h100" in res.constraint.lower() else PEAK_FLOPS["A100"]
+    hours = train_flops / (res.nodes * res.gpus * peak * mfu) / 3600
+    requeues = max(0, math.ceil(hours * 60 / res.runtime) - 1)
+    limit = ClusterSettings().max_requeues
+    return {"wall_hours": hours, "job_limit_hours": res.runtime / 60, "requeues": requeues,
+            **({"fix": f"more than max_requeues={limit} requeues: raise it, the time limit or the GPUs"}
+               if requeues > limit else {})}
+
+
 def cmd_plan(args) -> int:
     import pandas as pd
 
@@ -147,6 +167,12 @@ def cmd_plan(args) -> int:
     print(f"Compute plan for preset `{args.preset}` at an assumed MFU of {args.mfu:.0%} (bf16 peak: A100 312, H100 989 "
           "TFLOP/s)\n")
     print(show.to_markdown())
+    if "requeues" in df:
+        long = df[df.requeues.fillna(0) > 0]
+        for m, r in long.iterrows():
+            print(f"\n{m}: ~{r.wall_hours:,.0f} h on {int(r.gpus)} GPUs at {args.mfu:.0%} MFU against a "
+                  f"{r.job_limit_hours:g} h job limit: submitit requeues it ~{int(r.requeues)} times", end="")
+        print()
     print(f"\nTotal: {total.train_flops:.2e} training + {total.sample_flops:.2e} sampling FLOPs = "
           f"{total.A100_hours:,.0f} A100-hours or {total.H100_hours:,.0f} H100-hours")
     refused = df[df["fix"].fillna("").astype(bool)] if "fix" in df else df.iloc[:0]

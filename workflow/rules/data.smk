@@ -123,11 +123,14 @@ rule train_vq:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par train-vq --images {params.images} --test-images {params.heldout} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par train-vq --images {params.images} --test-images {params.heldout} "
         "--out {params.out} {params.args} "
         "> {log} 2>&1"
 
 
+# Threads: Snakemake caps a job's `threads` at the submit host's --cores even when the job runs on a cluster node,
+# so inside a Slurm job the CPUs it was given (SLURM_CPUS_PER_TASK, from the stage's `resources.cpus`) set
+# OMP_NUM_THREADS; `threads` applies to local runs.
 if not experiment.tokenize_slots:
 
     rule tokenize:
@@ -150,7 +153,7 @@ if not experiment.tokenize_slots:
         conda:
             "../../envs/par.yaml"
         shell:
-            "OMP_NUM_THREADS={threads} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
+            "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
             "{params.args} > {log} 2>&1"
 
 else:  # `tokenize.array_tasks` jobs side by side, slot i taking shards i, i+k, …; then the manifest
@@ -176,7 +179,7 @@ else:  # `tokenize.array_tasks` jobs side by side, slot i taking shards i, i+k, 
         conda:
             "../../envs/par.yaml"
         shell:
-            "OMP_NUM_THREADS={threads} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
+            "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
             "--shard {wildcards.slot} --num-shards {params.slots} --summary {output} {params.args} > {log} 2>&1"
 
     rule tokenize:
@@ -216,7 +219,7 @@ rule tokenize_heldout:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par tokenize --images {params.images} --vq {input.vq} --out {params.out} "
         "{params.args} > {log} 2>&1"
 
 
@@ -242,7 +245,7 @@ rule train_classifier:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par train-classifier --images {params.images} --heldout {params.heldout} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par train-classifier --images {params.images} --heldout {params.heldout} "
         "--out {params.out} {params.args} > {log} 2>&1"
 
 

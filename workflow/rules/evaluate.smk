@@ -25,7 +25,7 @@ rule evaluate:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par evaluate --samples {input.samples} {params.reference} {input.reference} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par evaluate --samples {input.samples} {params.reference} {input.reference} "
         "{params.classifier} --out {output} {params.args} --meta {params.meta} > {log} 2>&1"
 
 
@@ -70,5 +70,5 @@ rule nll:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par nll --model {input.model} --tokens {params.tokens} --out {output} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par nll --model {input.model} --tokens {params.tokens} --out {output} "
         "{params.args} > {log} 2>&1"

@@ -25,7 +25,7 @@ rule sample:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par sample --model {input.model} --vq {input.vq} --out {params.out} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par sample --model {input.model} --vq {input.vq} --out {params.out} "
         "{params.args} > {log} 2>&1"
 
 

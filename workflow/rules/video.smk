@@ -46,7 +46,7 @@ if not experiment.video_slots:
         conda:
             "../../envs/par.yaml"
         shell:
-            "OMP_NUM_THREADS={threads} exec par tokenize-video --clips {params.clips} --vq {input.vq} "
+            "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par tokenize-video --clips {params.clips} --vq {input.vq} "
             "--out {params.out} {params.args} > {log} 2>&1"
 
 else:  # `video.array_tasks` jobs side by side (slot i takes shards i, i+k, …), then the manifest
@@ -112,7 +112,7 @@ else:  # `video.array_tasks` jobs side by side (slot i takes shards i, i+k, …)
         conda:
             "../../envs/par.yaml"
         shell:
-            "OMP_NUM_THREADS={threads} exec par tokenize-video --clips {params.clips} --vq {input.vq} "
+            "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par tokenize-video --clips {params.clips} --vq {input.vq} "
             "--out {params.out} --shard {wildcards.slot} --num-shards {params.slots} --summary {output} "
             "{params.args} > {log} 2>&1"
 
@@ -156,7 +156,7 @@ rule train_video_vq:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par train-video-vq --clips {params.clips} --test-clips {params.test} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par train-video-vq --clips {params.clips} --test-clips {params.test} "
         "--out {params.out} {params.args} > {log} 2>&1"
 
 
@@ -180,7 +180,7 @@ rule fvd_reference:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par fvd-stats --clips {params.clips} --out {output} {params.args} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par fvd-stats --clips {params.clips} --out {output} {params.args} "
         "> {log} 2>&1"
 
 
@@ -207,7 +207,7 @@ rule video_floor:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par make-video-floor --clips {params.clips} {params.vq} --out {output} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par make-video-floor --clips {params.clips} {params.vq} --out {output} "
         "{params.args} > {log} 2>&1"
 
 
@@ -232,7 +232,7 @@ rule fvd:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par fvd --generated {input.samples} --reference {input.reference} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} exec par fvd --generated {input.samples} --reference {input.reference} "
         "--out {output} {params.args} --meta {params.meta} > {log} 2>&1"
 
 
