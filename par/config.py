@@ -329,6 +329,7 @@ class VQTrainSettings:
     restart_every: int = knob(10, "replace codes unused in the last window by encoder outputs; 0 = off", minimum=0)
     heldout: int = knob(128, "images kept out of training for the metrics", minimum=1)
     rfid_images: int = knob(0, "> 0: also rFID on that many held-out images (Inception on CPU is slow)", minimum=0)
+    device: str = knob("auto", "where to train: " + DEVICE_HELP)
     seed: int = knob(0, "seed of the split, the initial weights and the batches")
 
 

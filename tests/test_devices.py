@@ -94,3 +94,19 @@ def test_fvd_puts_the_i3d_on_the_jobs_device(recorder, i3d_weights):
 
     model = load_i3d(i3d_weights, device="cuda:5")
     assert recorder == ["cuda:5"] and next(model.parameters()).device == torch.device("cpu")
+
+
+def test_train_vq_trains_on_the_jobs_device(recorder, tmp_path):
+    from PIL import Image
+
+    from par.config import VQTrainJob
+    from par.data.vqtrain import train_vq
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "img" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "img" / c / f"{i}.png")
+    m = train_vq(VQTrainJob(images=str(tmp_path / "img"), out=str(tmp_path / "vq"), image_size=16, steps=2,
+                            batch_size=2, heldout=2, ch=32, ch_mult="1,2", device="cuda:4"))
+    assert recorder == ["cuda:4"] and m["device"] == "cpu"

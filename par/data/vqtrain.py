@@ -70,7 +70,7 @@ def _center(x, size):
 def evaluate_vq(vq, test_uint8, size: int, rfid_images: int = 0, batch_size: int = 512) -> dict:
     import torch
 
-    x = _to_float(_center(test_uint8, size))
+    x = _to_float(_center(test_uint8, size)).to(next(vq.parameters()).device)
     with torch.no_grad():
         parts = [vq.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]  # encode once
         recon = torch.cat([vq.decode(quant) for quant, _ in parts])
@@ -84,7 +84,7 @@ def evaluate_vq(vq, test_uint8, size: int, rfid_images: int = 0, batch_size: int
     if rfid_images:
         from par.eval.metrics import extract_features, feature_statistics, frechet_distance
 
-        to8 = lambda t: torch.clamp(127.5 * t + 128, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa
+        to8 = lambda t: torch.clamp(127.5 * t + 128, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # noqa
         real, fake = (feature_statistics(extract_features(to8(t[:rfid_images]))) for t in (x, recon))
         out["rfid"] = frechet_distance(*real, *fake)
     return out
@@ -99,14 +99,14 @@ def restart_dead_codes(vq, x, window: int, gen) -> int:
 
     q = vq.quantize
     recent = q.codebook_used[-window:].long()
-    dead = torch.ones(vq.cfg.codebook_size, dtype=torch.bool)
+    dead = torch.ones(vq.cfg.codebook_size, dtype=torch.bool, device=recent.device)
     dead[recent] = False
     num = int(dead.sum())
     if num == 0:
         return 0
     with torch.no_grad():
         z = vq.quant_conv(vq.encoder(x)).permute(0, 2, 3, 1).reshape(-1, vq.cfg.codebook_embed_dim)
-        pick = z[torch.randint(0, z.shape[0], (num,), generator=gen)]
+        pick = z[torch.randint(0, z.shape[0], (num,), generator=gen).to(z.device)]  # drawn on the CPU: same stream
         q.embedding.weight[dead] = F.normalize(pick, dim=-1) if vq.cfg.codebook_l2_norm else pick
     return num
 
@@ -129,6 +129,10 @@ def train_vq(cfg: VQTrainJob) -> dict:
     vq = VQModel(VQConfig(codebook_size=cfg.codebook_size, codebook_embed_dim=cfg.codebook_embed_dim, ch=cfg.ch,
                           encoder_ch_mult=mult, decoder_ch_mult=mult, z_channels=cfg.z_channels,
                           enc_res_blocks=cfg.res_blocks, dec_res_blocks=cfg.res_blocks))
+    from par.devices import resolve
+
+    device = resolve(cfg.device)
+    vq = vq.to(device)
     train_x, test_x, skipped = _load_images(cfg.images, cfg.image_size, cfg.seed, cfg.heldout, cfg.crop_range)
     before = evaluate_vq(vq.eval(), test_x, cfg.image_size, cfg.rfid_images)
     opt = torch.optim.Adam(vq.parameters(), lr=cfg.lr, betas=(0.9, 0.95))
@@ -144,7 +148,7 @@ def train_vq(cfg: VQTrainJob) -> dict:
             g["lr"] = lr
         idx = torch.randint(0, len(train_x), (cfg.batch_size,), generator=gen)
         ox, oy = torch.randint(0, big - size + 1, (2,), generator=gen).tolist()
-        x = _to_float(train_x[idx.numpy()][..., oy:oy + size, ox:ox + size])
+        x = _to_float(train_x[idx.numpy()][..., oy:oy + size, ox:ox + size]).to(device)
         if torch.rand((), generator=gen) < 0.5:
             x = x.flip(-1)
         _, losses = vq(x)
@@ -162,7 +166,7 @@ def train_vq(cfg: VQTrainJob) -> dict:
         after["test"] = evaluate_vq(vq, test_split, cfg.image_size)
     grid = cfg.image_size // vq.cfg.downsample
     metrics = {"config": dataclasses.asdict(cfg), "grid": [grid, grid], "train_images": len(train_x),
-               "heldout_images": len(test_x), "num_skipped": len(skipped), "skipped": skipped,
+               "heldout_images": len(test_x), "num_skipped": len(skipped), "skipped": skipped, "device": str(device),
                "seconds": time.perf_counter() - t0, "before": before, "after": after, "log": log}
     save_vq(vq, out / "vq.pt")
     io.write_json(out / "vq_metrics.json", metrics)
