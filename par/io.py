@@ -310,6 +310,26 @@ def torch_save(obj, path: str | Path) -> None:
         torch.save(obj, f)
 
 
+def load_npz(path: str | Path, *keys: str) -> dict:
+    """All arrays of an .npz file, checking that the named keys are present (one UserError naming the file)."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file; check the path")
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path}: not a readable .npz file ({e}); regenerate it") from None
+    for k in keys:
+        if k not in arrays:
+            raise UserError(f"{path}: no array {k!r} (has {sorted(arrays) or 'none'}); pass the right file")
+    return arrays
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h, buf = hashlib.sha256(), bytearray(chunk)
     view = memoryview(buf)

@@ -3,7 +3,7 @@ claim of the paper's Table 3 (and on ARPG's claim over Table 2, and on the video
 those numbers by one stated rule (`rule_text`): Welch's t test at the Welch–Satterthwaite degrees of freedom, 95 %;
 "≈" claims as non-inferiority with a margin (the paper's "not much worse"); no verdict where both rows sit at the
 tokenizer's reconstruction floor or at chance; Holm's step-down over each family of tests. The entropy claims
-(par/analysis/entropy.py) are judged by the same `decide`.
+(par/analysis/entropy/summary.py) are judged by the same `decide`.
 
 Pure functions on per-seed values: nothing here reads files or knows an outcome. `par tables` writes the values of
 every run to runs.csv and judges every claim from that table alone (`judge_runs`).

@@ -16,7 +16,8 @@ A token directory holds:
   kernel drops the lock when its holder dies, so the next worker takes the claim over.
 
 `TokenShards` reads such a directory (all codes in memory, one crop of them, or single items straight from
-the files); `TokenDataset` is the map-style torch dataset over it (one crop drawn per item, paper §8.2).
+the files); `TokenDataset` is the map-style torch dataset over it (one crop drawn per item, paper §8.2);
+`read_crop_codes` reads one crop of it, or of a codes file (`par entropy features`, paper §8).
 The reader trusts no shard: before anything is read it checks each file's arrays against the manifest (codes
 dtype, images × crops × h·w, labels), and each shard it loads for its sha256 (the manifest's record: a flipped bit
 is named, not trained on), codes in 0..codebook_size−1 and labels in 0..num_classes−1; a mismatch is one
@@ -35,7 +36,7 @@ import numpy as np
 
 from par.data.crops import crop_size
 from par.errors import UserError
-from par.io import atomic_path, file_digest, verify, write_manifest
+from par.io import atomic_path, file_digest, load_npz, verify, write_manifest
 
 FORMAT = "par-token-shards"
 VERSION = 1
@@ -539,3 +540,89 @@ class TokenDataset:
         k, j = self.shards.locate(int(i))
         label = self.shards.shard_labels(k)[j]
         return torch.from_numpy(codes.astype(np.int64)), torch.tensor(int(label), dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------- one crop, from any codes file
+
+
+def _crop_index(path: Path, crop: int | None, crop_order: list[str], num_crops: int) -> int:
+    k = centre_crop_index(crop_order) if crop is None else crop
+    if k is None:
+        raise UserError(f"{path}: the crop order {crop_order} has no {CENTRE!r} crop; choose one with --crop")
+    if not 0 <= k < num_crops:
+        raise UserError(f"{path}: --crop {k} out of range for {num_crops} crops; use 0..{num_crops - 1}")
+    return k
+
+
+def _select_crop(codes: np.ndarray, path: Path, crop: int | None, crop_order: list[str] | None = None) -> np.ndarray:
+    """(num_images, H·W) codes: the codes themselves, or crop `crop` of multi-crop codes (default: the crop
+    named centre in `crop_order`, which defaults to `default_crop_order`)."""
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise UserError(f"{path}: codes must be integers, got {codes.dtype}")
+    if codes.ndim == 2:
+        if crop is not None:
+            raise UserError(f"{path}: codes {codes.shape} have no crop axis; drop --crop")
+        return codes
+    if codes.ndim == 3:
+        return codes[:, _crop_index(path, crop, crop_order or default_crop_order(codes.shape[1]), codes.shape[1])]
+    raise UserError(f"{path}: codes must have shape (num_images, H*W) or (num_images, crops, H*W), got {codes.shape}")
+
+
+def _codes_of_npz(path: Path, crop: int | None) -> np.ndarray:
+    """Codes of one .npz file; a shard's own metadata says which crop is the centre."""
+    arrays = load_npz(path, "codes")
+    codes = arrays["codes"]
+    order = None
+    if "meta" in arrays and codes.ndim == 3:
+        try:
+            meta = json.loads(str(arrays["meta"]))
+        except ValueError:
+            raise UserError(f"{path}: 'meta' is not JSON; pass a `par tokenize` shard or a plain codes file") from None
+        order = crop_order_of(meta, codes.shape[1], path)
+    return _select_crop(codes, path, crop, order)
+
+
+def _codes_of_dir(path: Path, num: int, crop: int | None) -> np.ndarray:
+    """Codes of a directory of .npz files without a manifest, read in sorted order until `num` images."""
+    files = sorted(path.glob("*.npz"))
+    if not files:
+        raise UserError(f"{path}: directory holds no *.npz shards; point --codes at the code shards")
+    parts, have = [], 0
+    for file in files:
+        part = _codes_of_npz(file, crop)
+        if parts and part.shape[1:] != parts[0].shape[1:]:
+            raise UserError(f"{file}: codes {part.shape} do not match earlier shards {parts[0].shape}")
+        parts.append(part)
+        have += len(part)
+        if have >= num:
+            break
+    return np.concatenate(parts)
+
+
+def read_crop_codes(path, num: int, crop: int | None = None) -> np.ndarray:
+    """(num, H·W) codes of crop `crop` (default: the centre crop its crop order names) from a `par tokenize`
+    directory (`TokenShards`: a fixed random draw of `num` images, since its shards are sorted by class), another
+    directory of .npz shards, or one .npy/.npz file (their first `num` images)."""
+    path = Path(path)
+    if path.is_dir() and (path / MANIFEST).is_file():
+        shards = TokenShards(path)
+        codes = shards.load(crop=_crop_index(path, crop, shards.crop_order, shards.num_crops))[0]
+        if num < len(codes):
+            codes = codes[np.sort(np.random.default_rng(0).permutation(len(codes))[:num])]
+    elif path.is_dir():
+        codes = _codes_of_dir(path, num, crop)
+    elif not path.exists():
+        raise UserError(f"{path}: no such file or directory; check --codes")
+    elif path.suffix == ".npy":
+        try:
+            codes = np.load(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: not a readable .npy file ({e}); regenerate it") from None
+        codes = _select_crop(codes, path, crop)
+    elif path.suffix == ".npz":
+        codes = _codes_of_npz(path, crop)
+    else:
+        raise UserError(f"{path}: --codes must be an .npy/.npz file or a directory of .npz shards")
+    if len(codes) < num:
+        raise UserError(f"{path}: only {len(codes)} images of codes, asked for --num-images {num}; lower it")
+    return codes[:num]

@@ -1,4 +1,6 @@
 # Entropy analysis (paper §8): codes → codebook features → H(v_i | v_ref) maps and the n=4 entropy increase.
+# Each rule runs `par entropy ACTION`: par/analysis/entropy/cli.py, one file per step beside it (features.py,
+# estimate.py, maps.py, summary.py, figures.py).
 
 
 rule entropy_features:

@@ -1,4 +1,5 @@
 # Stage 4: FID / KID / precision-recall / IS with torch-fidelity (offline FID Inception).
+# `par evaluate`: par/eval/metrics/command.py; `evaluate` itself in par/eval/metrics/__init__.py.
 
 
 rule evaluate:
