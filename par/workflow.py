@@ -407,6 +407,21 @@ class Experiment:
         return quoted(flags(TrainSettings, self._section("train"), entry, self._seeded("train", run))
                       + flags(ClusterSettings, cluster))
 
+    def curve_manifest(self, run: str) -> list[str]:
+        """The held-out token manifest whose NLL `par train` scores at its checkpoints (the learning curve, #24), as
+        a rule input: [] when the run's entry or the `train` section sets curve_images 0, or the preset has no held-out
+        tokens for it (images from `source: none`)."""
+        model, _ = self.split_run(run)
+        written = self._section("train") | self._entry(model)
+        images = written.get("curve_images", self.preset.train.curve_images)
+        if not images or not (self.has_images or self.is_video(model)):
+            return []
+        return [self.tokens_manifest(run, heldout=True)]
+
+    def curve_args(self, run: str) -> str:
+        """`par train --curve-tokens <folder of curve_manifest>`, or "" without a learning curve."""
+        return quoted([a for m in self.curve_manifest(run) for a in ("--curve-tokens", os.path.dirname(m))])
+
     def train_request(self, run: str) -> str:
         """What `par train` will ask the cluster for (submitit, inside the job's shell line), in words: the dry run
         prints it, since the train rule itself runs on the submit host."""

@@ -1,7 +1,8 @@
 """`par report`: <analysis>/report.md (+ .html), the page a person reads first.
 
-It stitches together what the other stages wrote: the verdicts and tables (`par tables`), a paragraph on ARPG (the
-peer row) when the preset has it, a speed-vs-quality figure (steps and seconds per image vs sample quality and NLL,
+It stitches together what the other stages wrote: the training regime (steps, epochs, tokens seen) in its first
+paragraph, the verdicts and tables (`par tables`), the learning curves with every NLL claim judged along them, a
+paragraph on ARPG (the peer row) when the preset has it, a speed-vs-quality figure (steps and seconds per image vs sample quality and NLL,
 mean ± SE over seeds; ARPG as red diamonds), one sample grid per model,
 the entropy maps, the tokenizer's and the feature classifier's numbers, and the exact configuration and git commit
 that produced them. A preset with video models (`modality: video`) adds a "Video (Table 4)" section: Table 4, its
@@ -21,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from par import io, provenance
-from par.analysis import tables, verdicts
+from par.analysis import curves, tables, verdicts
 from par.config import add_run_arguments, load_config
 from par.errors import UserError
 from par.provenance import git_provenance
@@ -132,6 +133,105 @@ def speed_plot(preset: dict, results: Path, out: Path, summary: dict | None = No
     return out
 
 
+def _read_csv(path: Path):
+    """A CSV `par tables` wrote, or None when it did not (no curve, no claim to judge)."""
+    import pandas as pd
+
+    return pd.read_csv(path) if path.exists() and path.stat().st_size else None
+
+
+def curve_plot(preset: dict, results: Path, analysis: Path, out: Path, kind: str = "images") -> Path | None:
+    """Held-out NLL per token against tokens seen (tables/curves.csv): one line per model of modality `kind` trained
+    here, mean over its seeds at each curve point with a ± SE band (one seed: the run's own SE over images)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    data = _read_csv(analysis / "tables" / curves.CURVES_NAME)
+    models = tables.entries(preset)
+    keep = _models_of(preset, kind)
+    if data is None or not data["model"].isin(keep).any():
+        return None
+    stats = curves.summary(data[data["model"].isin(keep)])
+    styles = _styles(models)
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_PX / FIGURE_DPI, 4.2))
+    for model, g in stats.groupby("model", sort=False):
+        g = g.sort_values("tokens_seen")
+        band = g["se"].fillna(0.0)
+        colour = styles[model]["color"]
+        ax.plot(g["tokens_seen"], g["nll"], marker=styles[model]["fmt"], ms=4, color=colour,
+                label=tables.describe(results, models, model))
+        ax.fill_between(g["tokens_seen"], g["nll"] - band, g["nll"] + band, color=colour, alpha=0.15, lw=0)
+    ax.xaxis.set_major_formatter(lambda x, _: curves.tokens_text(x))
+    ax.set_xlabel("tokens seen (steps × global batch × tokens per " + ("clip)" if kind == "video" else "image)"))
+    ax.set_ylabel("held-out NLL / token (nats)" + (" (ARPG: upper bound)" if any(
+        tables.is_arpg(models[m]) for m in stats["model"].unique()) else ""))
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"Learning curves{' (video)' if kind == 'video' else ''} (mean ± SE over seeds)")
+    fig.tight_layout()
+    _legend(fig, np.array([ax]))
+    with io.atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _curves(preset: dict, results: Path, analysis: Path, rel, kind: str = "images") -> list[str]:
+    """The learning-curve section: the figure, then every NLL claim of modality `kind` judged at each curve point
+    (tables/curve_differences.csv); nothing when the runs have no curve (trained without --curve-tokens)."""
+    name = "video_learning_curves.png" if kind == "video" else "learning_curves.png"
+    plot = curve_plot(preset, results, analysis, analysis / "figures" / name, kind)
+    if plot is None:
+        return []
+    data = _read_csv(analysis / "tables" / curves.CURVES_NAME)
+    images = sorted({int(v) for v in data["heldout_images"].dropna()})
+    level = "###" if kind == "video" else "##"
+    parts = [f"{level} Learning curves{' (video)' if kind == 'video' else ''}", "",
+             "Held-out NLL per token during training, scored by `par train` at every curve point on the same fixed "
+             f"draw of {'/'.join(map(str, images)) or 'the'} held-out {'clips' if kind == 'video' else 'images'} for "
+             "every run, against the tokens seen so far; line: mean over seeds, band: ± SE (one seed: the run's own "
+             "SE over images).", "", f"![learning curves]({rel(plot)})", ""]
+    diffs = _read_csv(analysis / "tables" / f"{curves.DIFFERENCES_NAME}.csv")
+    if diffs is not None:
+        diffs = diffs[diffs["comparison"].map(verdicts.is_video_row) == (kind == "video")]
+    if diffs is not None and not diffs.empty:
+        parts += [f"{level}# NLL claims along training", "", curves.DIFFERENCES_NOTE, "",
+                  curves.differences_markdown(diffs), ""]
+    return parts
+
+
+def _regime(preset: dict, analysis: Path) -> str:
+    """The training regime in words, from tables/runs.csv: steps, sequences, epochs and tokens seen per run, one
+    clause per distinct regime with the models it holds."""
+    runs = _read_csv(analysis / "tables" / tables.RUNS_NAME)
+    if runs is None or "train_steps" not in runs:
+        return ""
+    runs = runs[(runs["kind"] == "run") & runs["train_steps"].notna()]
+    cols = [c for c in ("train_steps", "train_sequences", "train_images", "epochs", "tokens_seen") if c in runs]
+    video = set(_models_of(preset, "video"))
+    clauses = []
+    for values, g in runs.groupby(cols, dropna=False, sort=False):
+        models = list(dict.fromkeys(g["model"]))
+        unit = "clip" if set(models) <= video else "image"
+        clauses.append(f"{_regime_clause(dict(zip(cols, values)), unit)} ({', '.join(models)})")
+    return "**Training regime.** Each run: " + "; ".join(clauses) + "." if clauses else ""
+
+
+def _regime_clause(v: dict, unit: str = "image") -> str:
+    """One regime: "200 steps = 12,800 sequences, 0.64 epochs of the 20,000-image train split, 3.28M tokens seen"."""
+    fin = lambda k: isinstance(v.get(k), (int, float)) and math.isfinite(v[k])  # noqa: E731
+    text = f"{v['train_steps']:,.0f} steps"
+    if fin("train_sequences"):
+        text += f" = {v['train_sequences']:,.0f} sequences"
+    if fin("epochs") and fin("train_images"):
+        text += f", {v['epochs']:.2g} epochs of the {v['train_images']:,.0f}-{unit} train split"
+    if fin("tokens_seen"):
+        text += f", {curves.tokens_text(v['tokens_seen'])} tokens seen"
+    return text
+
+
 def copy_grids(preset: dict, results: Path, analysis: Path, name: str = "grid.png",
                kind: str | None = None) -> dict[str, Path]:
     """Each model's seed-0 sample grid copied to <analysis>/samples/<model>.png (results/ is not committed); for a
@@ -200,6 +300,10 @@ def _how_to_read(tolerance: float = verdicts.TOLERANCE) -> list[str]:
             "- **±** is the standard error of the mean across training seeds (std/√n); the `seeds` column gives n. "
             "With one seed it is the run's own standard error where the metric has one, else absent. *KID subset "
             "std* is torch-fidelity's spread over subsets, not a standard error.",
+            "- **class info / image**: the class information a model uses, NLL(null class) − NLL(true class) on "
+            "held-out tokens summed over an image, in nats. The label carries at most log(classes) (above it, the "
+            "null branch of CFG is undertrained); near 0 it barely changes the model's predictions, and the samples "
+            "cannot show the class they were asked for.",
             "- **generated / reference**: the number of images each metric compares.",
             "- **Floors**: the same metrics for held-out real images (real vs real) and for the same images passed "
             "through the VQ tokenizer (reconstruction). No model trained on these tokens can be expected to beat "
@@ -415,6 +519,7 @@ def _video(cfg: dict, preset: dict, results: Path, analysis: Path, grids: dict, 
         if md.exists():
             parts += [md.read_text().rstrip(), ""]
     parts += _video_tokenizer(results)
+    parts += _curves(preset, results, analysis, rel, kind="video")
     if plot:
         parts += ["### Speed vs. FVD", "", "Mean ± SE over seeds; dashed lines: floors.", "",
                   f"![speed vs FVD]({rel(plot)})", ""]
@@ -500,8 +605,10 @@ def render_report(cfg: dict, preset: dict, preset_name: str, results, analysis) 
     parts = [f"# PAR reproduction — preset `{preset_name}`", ""]
     if preset_name == "tiny":
         parts += [SMOKE_TEST, ""]
+    regime = _regime(preset, analysis)
     parts += ["Parallelized Autoregressive Visual Generation (Wang et al., arXiv 2412.15119). Every number below is "
-              "read from a result file of this run; the paper's values appear only in columns marked (paper).", ""]
+              "read from a result file of this run; the paper's values appear only in columns marked (paper)."
+              + (f" {regime}" if regime else ""), ""]
     if images:
         runs = _all_runs(preset, results, "images")
         plot = speed_plot(preset, results, analysis / "figures" / "speed_vs_quality.png",
@@ -509,6 +616,7 @@ def render_report(cfg: dict, preset: dict, preset_name: str, results, analysis) 
         parts += (_verdicts(analysis, with_video=video) + _arpg(preset, analysis) + _how_to_read()
                   + _tokenizer(results, runs.values()))
         parts += _tables(cfg, analysis, _table_names(cfg, preset, "images"))
+        parts += _curves(preset, results, analysis, rel)
         if plot:
             parts += ["## Speed vs. quality", "", "Mean ± SE over seeds; dashed lines: floors"
                       + ("; red diamonds: ARPG (its NLL an upper bound)." if _has_arpg(preset) else "."), "",

@@ -12,7 +12,8 @@ printed in their own, labelled columns for the `paper` presets and `ucf101`.
 `runs.csv` beside the tables holds the per-run data behind every cell: one row per (model, run) with every metric,
 its own SE, training steps, tokens seen and the commits that trained and sampled it ("unrecorded" for runs made
 before commits were recorded), then the floors and chance. The verdicts are judged from it alone. A table too wide
-for the report's page is split into parts that repeat the row label (`column_groups`).
+for the report's page is split into parts that repeat the row label (`column_groups`). `curves.csv` holds every
+run's learning curve and `curve_differences.md/.csv` every NLL claim judged along it (par/analysis/curves.py).
 
 Table 4 (video) is built the same way from the models with `modality: video`: `par fvd` writes their
 `metrics/<model>/s<k>.json` (FVD and its bootstrap SE over generated clips), their latency is seconds per clip, and
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from par import io, provenance
-from par.analysis import verdicts
+from par.analysis import curves, verdicts
 from par.analysis.verdicts import Stat, format_pm, format_value, mean_se
 from par.config import add_run_arguments, load_config
 from par.errors import UserError
@@ -71,6 +72,7 @@ COLUMNS = {  # key → header, in table order
     "seconds_per_image": "s / image",
     "params": "params",
     "nll": "NLL / token ↓",
+    "class_info": "class info / image",
     "fvd": "FVD ↓",
     "cls_fid": "classifier FID ↓",
     "cls_kid": "classifier KID ↓",
@@ -86,7 +88,8 @@ COLUMNS = {  # key → header, in table order
     "n_reference": "reference",
 }
 SPREADS = {"kid_std", "isc_std"}  # torch-fidelity's spread over subsets: shown as a mean, never as "± SE"
-RUN_SE = {"nll": "nll_se", "cls_kid": "cls_kid_se", "class_accuracy": "class_accuracy_se",  # a run's own SE
+RUN_SE = {"nll": "nll_se", "class_info": "class_info_se", "cls_kid": "cls_kid_se",  # a run's own SE
+          "class_accuracy": "class_accuracy_se",
           "fvd": "fvd_se"}  # FVD's: bootstrap over the run's generated clips
 VIDEO_HEADERS = {"seconds_per_image": "s / clip"}  # a video table's headers where they differ (sampling.json's
 # seconds_per_image_batch1 is seconds per clip for video)
@@ -198,6 +201,10 @@ def read_run(results: Path, model: str, run: str, trained: str | None = None) ->
         d = json.loads(nll.read_text())
         row |= {"nll": _num(d.get("nll")), "nll_se": _num(d.get("nll_se")),
                 "nll_bound": float(d.get("kind", "exact") == NLL_BOUND), "nll_orders": _num(d.get("orders_per_image"))}
+        if "class_info_per_image" in d:  # NLL(null) − NLL(true) summed over the image's tokens (`par nll`)
+            row |= {"class_info": _num(d["class_info_per_image"]),
+                    "class_info_se": _num(d.get("class_info_per_image_se")),
+                    "class_info_max": _num(d.get("class_info_max_per_image"))}
     return row, [f"{k}: {why}" for k, why in m.get("unavailable", {}).items()]
 
 
@@ -209,8 +216,11 @@ def _training(run_dir: Path) -> dict:
     steps, batch = d.get("steps"), (d.get("train") or {}).get("global_batch")
     grid = (d.get("model") or {}).get("grid")
     tokens = steps * batch * math.prod(grid) if steps and batch and grid else None
+    images = d.get("train_images")  # recorded since #24; before, the regime paragraph lacks the epochs
     return ({"params": _num(d.get("params"))} if "params" in d else {}) | {
-        "train_steps": _num(steps), "tokens_seen": _num(tokens), "train_commit": provenance.recorded(d)}
+        "train_steps": _num(steps), "train_sequences": _num(steps * batch if steps and batch else None),
+        "train_images": _num(images), "epochs": _num(steps * batch / images if steps and batch and images else None),
+        "tokens_seen": _num(tokens), "train_commit": provenance.recorded(d)}
 
 
 def model_runs(results: Path, model: str, entry: dict):
@@ -341,10 +351,13 @@ def _missing_notes(keys, models_runs: dict, models: dict, unavailable: list[str]
     out = []
     for model, runs in models_runs.items():
         for k in keys:
-            explained = any(u.startswith(f"{model} — {k}:") for u in unavailable)
+            explained = any(u.startswith(f"{model} — {k}:") for u in unavailable) or (
+                k == "class_info" and ("nll" not in runs or runs["nll"].isna().all()))  # the NLL's note says why
             if (k not in runs or runs[k].isna().all()) and not explained:
                 why = ("not scored (score_nll: false)" if models[model].get("score_nll") is False else
-                       "no held-out NLL file (`nll/<model>/s<k>.json`)") if k == "nll" else "not in its result files"
+                       "no held-out NLL file (`nll/<model>/s<k>.json`)") if k == "nll" else (
+                    "not in its NLL file (no null class: class_dropout 0, or scored before `par nll` measured it)"
+                    if k == "class_info" else "not in its result files")
                 out.append(f"{model} — {k}: {why}")
     return out
 
@@ -413,6 +426,8 @@ def _notes(keys, runs: dict, floors: dict, results: Path, bounds=()) -> list[str
     if "nll" in keys:
         notes.append("NLL / token: teacher-forced held-out NLL (nats per token); for n > 1 it is the exact "
                      "likelihood of what the sampler draws (the product of the within-group conditionals).")
+    if "class_info" in keys:
+        notes.append(class_info_note(runs))
     if bounds:
         k = sorted({int(v) for f in bounds if "nll_orders" in f for v in f["nll_orders"].dropna()})
         notes.append(f"≤ (NLL): ARPG's NLL is the mean over {'/'.join(map(str, k)) or 'K'} random orders per image "
@@ -431,6 +446,17 @@ def _notes(keys, runs: dict, floors: dict, results: Path, bounds=()) -> list[str
     if floors:
         notes.append(_floors_note(floors))
     return notes
+
+
+def class_info_note(runs: dict) -> str:
+    """The footnote of the class-information column, with its ceiling log(classes) as the NLL files give it."""
+    ceilings = _distinct(runs.values(), "class_info_max")
+    ceiling = f" = {'/'.join(f'{c:.2f}' for c in ceilings)}" if ceilings else ""
+    return ("class info / image: the class information a model uses, NLL(null class) − NLL(true class) on the "
+            "held-out tokens, summed over an image's tokens, in nats (`par nll`). The label can carry at most "
+            "log(classes)" + ceiling + "; a value above it means the null (CFG) branch is worse than the mixture of "
+            "the class branches, i.e. undertrained. Near 0 the label barely changes the model's predictions, which "
+            "class-conditional samples and CFG rest on. For ARPG a difference of two random-order bounds.")
 
 
 def _floors_note(floors: dict) -> str:
@@ -480,6 +506,8 @@ def _video_notes(keys, runs: dict, floors: dict, paper: bool) -> list[str]:
     if "nll" in keys:
         notes.append("NLL / token: teacher-forced held-out NLL (nats per token) of the video tokens; for n > 1 it is "
                      "the exact likelihood of what the sampler draws (the product of the within-group conditionals).")
+    if "class_info" in keys:
+        notes.append(class_info_note(runs))
     if "fvd" in keys:
         notes.append(f"FVD: {fvd_protocol(runs.values())}; ± within a row with 1 seed is the bootstrap SE over "
                      "generated clips. FVD from few clips is biased upward, so FVDs are comparable only at equal "
@@ -622,6 +650,7 @@ def write_tables_for(cfg: dict, preset: dict, preset_name: str, results, out, ex
             io.write_text(out / f"{name}.csv", table.raw.to_csv())
             io.write_text(out / f"{name}.tex", _latex(title, name, table))
         written += [out / f"{name}.{e}" for e in ("md", "csv", "tex")]
+    written += curves.write_curves(curves.curves_table(results, entries(preset), spots), out)
     runs = runs_table(frames, spots, floors, num_classes(results))
     if runs.empty:
         (out / RUNS_NAME).unlink(missing_ok=True)
@@ -632,7 +661,8 @@ def write_tables_for(cfg: dict, preset: dict, preset_name: str, results, out, ex
 
 
 RUNS_NAME = "runs.csv"
-RUNS_FIRST = ["kind", "model", "run", verdicts.ROWS, "train_commit", "sample_commit", "train_steps", "tokens_seen"]
+RUNS_FIRST = ["kind", "model", "run", verdicts.ROWS, "train_commit", "sample_commit", "train_steps", "train_sequences",
+              "train_images", "epochs", "tokens_seen"]
 
 
 def num_classes(results: Path) -> int | None:

@@ -13,8 +13,9 @@ this is an upper bound on −log of the order-averaged likelihood, and it scores
 not the block-bidirectional ones its sampler uses (Q3). It is reported beside PAR's exact NLL, marked as a bound.
 
 Class information: the same images scored once more with the null class of CFG (label dropout trains it), and
-NLL(null) − NLL(true label) per token reported beside the NLL. It says how much of the label a model uses — at most
-log(classes) nats per image — which is what class-conditional samples and CFG's guidance direction rest on (#24).
+NLL(null) − NLL(true label) per token reported beside the NLL. It says how much of the label a model uses (the
+label carries at most log(classes) nats per image, so more means a null branch worse than the mixture of the class
+branches), which is what class-conditional samples and CFG's guidance direction rest on (#24).
 `par train --curve-tokens` scores a fixed draw of these images at its checkpoints: the learning curve.
 """
 
@@ -66,8 +67,9 @@ def class_information(model, codes: np.ndarray, labels: np.ndarray, batch_size: 
                       seed: int = 0, nll: np.ndarray | None = None) -> np.ndarray:
     """Per image, NLL(null class) − NLL(true class) in nats per token: how much the label tells the model about
     the image, −log p(x|∅) + log p(x|y). Averaged over images and times the tokens per image it estimates the mutual
-    information I(x; y) the model uses, at most log(classes) per image. Paired (same images, same ARPG orders), so
-    its standard error is far smaller than either NLL's. `nll`: the true-class scores, when already made."""
+    information I(x; y) the model uses, at most log(classes) per image when p(x|∅) is the mixture of the class
+    branches (an undertrained null branch overshoots). Paired (same images, same ARPG orders), so its standard error
+    is far smaller than either NLL's. `nll`: the true-class scores, when already made."""
     check_heldout(model, codes, labels)
     if not has_null_class(model):
         raise UserError("the model has no null class (trained with class_dropout 0): its class information "
@@ -156,7 +158,8 @@ def run_nll(model_path: str, tokens: str, out: str, settings: NLLSettings, weigh
     per_image = heldout_nll(model, codes, labels, settings.batch_size, settings.arpg_orders if arpg else 1,
                             settings.seed)
     nll, nll_se = mean_se(per_image)
-    record = {"nll": nll, "nll_se": nll_se, "bits_per_token": float(per_image.mean() / math.log(2)), "n_images": len(per_image),
+    record = {"nll": nll, "nll_se": nll_se, "bits_per_token": float(per_image.mean() / math.log(2)),
+              "n_images": len(per_image),
               "tokens_per_image": int(codes.shape[1]), "split": "test", "crop": "center", "tokens": str(tokens),
               "model": str(model_path), "weights": weights, "order": model.order.name, "n": model.config.n,
               "kind": "random-order upper bound" if arpg else "exact",

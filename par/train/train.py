@@ -7,6 +7,9 @@ Exact resumption is designed in, not bolted on: the global batch of step s (whic
 the ten crops) is a pure function of (seed, s), independent of the world size, and every rank's RNG
 state is checkpointed with the model and optimizer. A run killed at any step and resumed therefore
 ends bit-identical to an uninterrupted run (on CPU; cuDNN/atomics may differ on GPU).
+
+With `--curve-tokens`, rank 0 scores the held-out NLL of a fixed draw of held-out images at every checkpoint and at
+the last step into log.jsonl (the learning curve, #24), without touching the training's RNG stream or weights.
 """
 
 from __future__ import annotations
@@ -252,6 +255,7 @@ class Run:
     kind: str = "ddp"  # "ddp" (also a single process) or "fsdp"
     fwd: torch.nn.Module | None = None
     step: int = 0
+    curve: "Curve | None" = None
 
     @property
     def ckpt_path(self) -> Path:
@@ -284,6 +288,10 @@ def build_model(cfg: TrainJob, mcfg: ModelConfig, device, rank: int, kind: str =
     the model is sharded before the optimizer is made, so AdamW's states are sharded too."""
     torch.manual_seed(cfg.seed)
     model = build(mcfg).to(device)
+    if cfg.attention == "flex" and device.type != "cuda":
+        raise UserError("--attention flex: FlexAttention has no backward pass on the CPU; use --attention auto or sdpa")
+    if hasattr(model, "attention_kernel"):  # PAR / LlamaGen (ARPG has its own attention)
+        model.attention_kernel = ("flex" if device.type == "cuda" else "sdpa") if cfg.attention == "auto" else cfg.attention
     if kind == "fsdp" and cfg.ema:
         raise UserError("--ema with FSDP: the EMA copy is kept unsharded on rank 0, which is what FSDP avoids; train "
                         "with --parallel ddp, or without --ema")
@@ -385,8 +393,72 @@ def start_log(run: Run) -> Progress:
         run.out.mkdir(parents=True, exist_ok=True)
         io.write_json(run.out / "config.json", {"train": dataclasses.asdict(run.cfg), "model": run.mcfg.to_dict(),
                                                  "world_size": run.world, "steps": run.total,
+                                                 "train_images": int(run.data.codes.shape[0]),
                                                  "params": run.model.num_params, "commit": git_commit()})
     return Progress(run.total, f"train {run.out.name}", initial=run.step, enable=run.rank == 0)
+
+
+# -- learning curve (#24) -------------------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    """The learning curve's held-out images: the centre crops of a fixed draw, scored at every `every` steps and at
+    the last, so that every run of a preset is scored on the same images (differences between models are paired)."""
+
+    codes: np.ndarray
+    labels: np.ndarray
+    every: int
+
+    def due(self, step: int, total: int) -> bool:
+        return step % self.every == 0 or step == total
+
+
+def load_curve(cfg: TrainJob, model) -> Curve | None:
+    """The learning curve of `cfg` (`--curve-tokens`, `--curve-images`), checked against the model at start-up so
+    that wrong tokens fail now, not at the first checkpoint; None without one."""
+    if not (cfg.curve_tokens and cfg.curve_images):
+        return None
+    from par.config import NLLSettings
+    from par.eval.nll import check_heldout, heldout_draw
+
+    codes, labels = heldout_draw(cfg.curve_tokens, cfg.curve_images, NLLSettings().seed)  # `par nll`'s draw
+    try:
+        check_heldout(model, codes, labels)
+    except UserError as e:
+        raise UserError(f"--curve-tokens {cfg.curve_tokens}: {e}") from None
+    return Curve(codes, labels, cfg.curve_every or cfg.ckpt_every)
+
+
+def score_curve(run: Run) -> tuple[float, float] | None:
+    """Held-out NLL per token ± SE of the weights at `run.step` (`par.eval.nll.heldout_nll`); on rank 0, or on
+    every rank under FSDP (its forward gathers the shards), None elsewhere. Training goes on bit-identical: no
+    gradients, train mode restored, and the RNG state restored (ARPG's forward draws label-dropout noise even when
+    it drops nothing). ARPG: one random order per image, an unbiased draw of `par nll`'s mean over orders."""
+    from par.eval.nll import heldout_nll, mean_se
+
+    if run.rank != 0 and run.kind != "fsdp":
+        return None
+    batch = run.cfg.micro_batch or run.cfg.global_batch // run.world  # what a training forward holds, and more
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        per_image = heldout_nll(run.model, run.curve.codes, run.curve.labels, batch)
+    run.model.train()
+    return mean_se(per_image)
+
+
+def log_curve(run: Run, meter: "Throughput") -> None:
+    """Append the learning-curve point of `run.step` to log.jsonl: held-out NLL ± SE against tokens seen (steps ×
+    global batch × tokens per image, as runs.csv counts them). Its time is left out of the throughput."""
+    t0 = time.perf_counter()
+    scored = score_curve(run)
+    if scored is not None and run.rank == 0:
+        rec = {"step": run.step, "epoch": run.step / run.per_epoch,
+               "tokens_seen": run.step * run.cfg.global_batch * run.model.num_tokens, "heldout_nll": scored[0],
+               "heldout_nll_se": scored[1], "heldout_images": len(run.curve.codes),
+               "seconds": time.perf_counter() - t0}
+        with open(run.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    meter.skip(time.perf_counter() - t0)
 
 
 def train_step(run: Run) -> tuple[float, torch.Tensor, torch.Tensor, int]:
@@ -433,6 +505,10 @@ class Throughput:
     def reset(self) -> None:
         self.t, self.tokens = time.perf_counter(), 0
 
+    def skip(self, seconds: float) -> None:
+        """Leave out `seconds` spent on something else than training (the learning curve's scoring)."""
+        self.t += seconds
+
 
 def log_step(run: Run, lr: float, loss: torch.Tensor, gnorm, meter: Throughput, bar: Progress, peak) -> None:
     """Append the step's record (loss averaged over ranks, lr, grad norm, throughput, MFU) to log.jsonl."""
@@ -477,6 +553,7 @@ def train(cfg: TrainJob) -> Path:
         model, opt, ema = build_model(cfg, mcfg, device, rank, kind, amp)
         run = Run(cfg, out, rank, world, local_rank, device, amp, data, per_epoch, total, mcfg, model, opt, ema, kind)
         run.step = resume(run)
+        run.curve = load_curve(cfg, model)
         run.fwd = wrap_model(run)
         peak = _peak_flops(device)
         with start_log(run) as bar:
@@ -488,6 +565,8 @@ def train(cfg: TrainJob) -> Path:
                 meter.add(tokens)
                 if run.step % cfg.log_every == 0 or run.step == total:
                     log_step(run, lr, loss, gnorm, meter, bar, peak)
+                if run.curve is not None and run.curve.due(run.step, total):  # before the checkpoint: a resume
+                    log_curve(run, meter)  # from it never loses the point (log.jsonl is cut back to its step)
                 bar.update(1)
                 saved = run.step % cfg.ckpt_every == 0 and run.step < total
                 if saved:

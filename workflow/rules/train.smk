@@ -9,6 +9,7 @@ localrules:
 rule train:
     input:
         tokens,
+        curve=lambda w: experiment.curve_manifest(w.run),
     output:
         f"{results}/models/{{run}}/model.pt",
     log:
@@ -19,6 +20,8 @@ rule train:
         tokens=input_folder,
         out=output_folder,
         args=train_args,
+        # the learning curve: held-out NLL at every checkpoint (#24), when the preset has held-out tokens
+        curve=lambda w: experiment.curve_args(w.run),
     # shown, not used: a resource (unlike a param) is no rerun trigger, and a local rule's resources ask nothing
     resources:
         submitit=train_request,
@@ -28,4 +31,5 @@ rule train:
     conda:
         "../../envs/par.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} exec par train --data {params.tokens} --out {params.out} {params.args} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} exec par train --data {params.tokens} --out {params.out} {params.curve} {params.args} "
+        "> {log} 2>&1"
