@@ -121,12 +121,16 @@ def test_the_smoke_config_builds_the_fashion_mnist_dag(tmp_path):
     assert "--max-steps 3 " in r.stdout and f"--train-images {smoke['data']['train_images']}" in r.stdout
 
 
-def test_a_missing_idx_file_fails_the_dry_run_naming_its_key(tmp_path):
+def test_a_missing_idx_file_is_named_by_the_dry_run_and_stops_a_real_run(tmp_path):
+    """A dry run lists the jobs and warns (the data may come later, #25); a real run stops before any job."""
     data = idx_fixture(tmp_path / "data")
     Path(data["heldout_labels"]).unlink()
-    r = _snakemake(tmp_path, _workdir(tmp_path, data), "-n", "all_tables", timeout=180)
-    assert r.returncode != 0
-    assert f"presets.small.data.heldout_labels: {data['heldout_labels']}: no such file" in r.stdout + r.stderr
+    message = f"presets.small.data.heldout_labels: {data['heldout_labels']}: no such file"
+    dry = _snakemake(tmp_path, _workdir(tmp_path, data), "-n", "all_tables", timeout=180)
+    assert dry.returncode == 0 and message in dry.stdout + dry.stderr
+    real = _snakemake(tmp_path, _workdir(tmp_path, data), "--cores", "1", "all_tables", timeout=180)
+    assert real.returncode != 0 and message in real.stdout + real.stderr
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.npz"))
 
 
 def _run_small(tmp_path: Path, data: dict):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from par import io
 from par.analysis import verdicts
+from par.analysis.page import column_groups
 from par.analysis.verdicts import format_pm, mean_se
 
 CURVES_NAME = "curves.csv"
@@ -42,19 +43,17 @@ def read_curve(run_dir: Path) -> list[dict]:
     return sorted(out, key=lambda r: r["step"])
 
 
-def curves_table(results: Path, models: dict, spots: dict):
+def curves_table(results: Path, models: dict, runs: dict, spots: dict):
     """curves.csv: one row per (model, run, point) of every model trained here (`models`: the preset's entries as
     `tables.entries` gives them; an entry `trained_as` another, or with released weights, has no curve of its own).
-    `spots`: model → the "table:row" places it fills, as runs.csv's `rows`."""
+    `runs`: model → its run names; `spots`: model → the "table:row" places it fills, as runs.csv's `rows`."""
     import pandas as pd
-
-    from par.analysis.tables import runs_of
 
     rows = []
     for model, entry in models.items():
         if entry.get("trained_as") or entry.get("checkpoint") or entry.get("checkpoint_url"):
             continue
-        for run in runs_of(entry):
+        for run in runs[model]:
             for rec in read_curve(Path(results) / "models" / model / run):
                 rows.append({"model": model, "run": run, verdicts.ROWS: verdicts.ROW_SEP.join(spots.get(model, []))}
                             | {k: rec.get(k) for k in COLUMNS[3:]})
@@ -145,9 +144,7 @@ def differences_markdown(diffs) -> str:
 
 
 def _split_markdown(df, left: set) -> str:
-    """Markdown in parts that fit the report's page (`tables.column_groups`), text columns `left`-aligned."""
-    from par.analysis.tables import column_groups
-
+    """Markdown in parts that fit the report's page (`page.column_groups`), text columns `left`-aligned."""
     return "\n\n".join(df[cols].to_markdown(index=False, disable_numparse=True,
                                              colalign=["left" if c in left else "right" for c in cols])
                         for cols in column_groups(df))

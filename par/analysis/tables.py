@@ -37,6 +37,7 @@ from pathlib import Path
 
 from par import io, provenance
 from par.analysis import curves, verdicts
+from par.analysis.page import PAGE_CHARS, TEXT, column_groups, column_width  # noqa: F401 (used by report, tests)
 from par.analysis.verdicts import Stat, format_pm, format_value, mean_se
 from par.config import add_run_arguments, load_config
 from par.errors import UserError
@@ -93,7 +94,6 @@ RUN_SE = {"nll": "nll_se", "class_info": "class_info_se", "cls_kid": "cls_kid_se
           "fvd": "fvd_se"}  # FVD's: bootstrap over the run's generated clips
 VIDEO_HEADERS = {"seconds_per_image": "s / clip"}  # a video table's headers where they differ (sampling.json's
 # seconds_per_image_batch1 is seconds per clip for video)
-TEXT = ("row", "model", "setup")  # left-aligned; every other column is a number
 FLOORS = {"real": ("floor: real images", "held-out real images vs the reference set"),
           "recon": ("floor: VQ reconstruction", "the same real images passed through the VQ tokenizer"),
           "video-real": ("floor: real clips", "held-out real clips vs the FVD reference"),
@@ -545,39 +545,6 @@ def markdown_table(df) -> str:
     return df.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
-# The report's page (report.STYLE: 1200 px at 90 % font, ~7.5 px a character) holds about this many characters of
-# table a line; a wider table is split into parts that each repeat the row label, so that it reads without
-# horizontal scrolling at 1280 px.
-PAGE_CHARS = 130
-CELL_PAD = 2  # a cell's padding and border, in characters
-TEXT_WRAP = 14  # a text column wraps at spaces: it takes about this many characters when its text is longer
-
-
-def column_width(df, col: str) -> int:
-    """Characters a column takes on the page: numbers never wrap (their widest cell), text and headers wrap at
-    spaces (their longest word, a text column at least TEXT_WRAP when it is longer)."""
-    cells = [str(c) for c in df[col]]
-    words = max((len(w) for x in [*cells, col] for w in x.split()), default=1)
-    if col in TEXT:
-        return max(words, min(TEXT_WRAP, max(map(len, cells), default=0))) + CELL_PAD
-    return max(words, max(map(len, cells), default=0)) + CELL_PAD
-
-
-def column_groups(df, width: int = PAGE_CHARS) -> list[list[str]]:
-    """The columns in groups that each fit `width` characters, in order; every group after the first starts
-    with the row label (the first column) again. One group when the table fits."""
-    key, rest = df.columns[0], list(df.columns[1:])
-    groups, used = [[key]], column_width(df, key)
-    for col in rest:
-        w = column_width(df, col)
-        if used + w > width and len(groups[-1]) > 1:
-            groups.append([key])
-            used = column_width(df, key)
-        groups[-1].append(col)
-        used += w
-    return groups
-
-
 def split_markdown(df) -> str:
     """`markdown_table`, split by `column_groups` into tables that fit the page, one after the other."""
     return "\n\n".join(markdown_table(df[cols]) for cols in column_groups(df))
@@ -650,7 +617,9 @@ def write_tables_for(cfg: dict, preset: dict, preset_name: str, results, out, ex
             io.write_text(out / f"{name}.csv", table.raw.to_csv())
             io.write_text(out / f"{name}.tex", _latex(title, name, table))
         written += [out / f"{name}.{e}" for e in ("md", "csv", "tex")]
-    written += curves.write_curves(curves.curves_table(results, entries(preset), spots), out)
+    models = entries(preset)
+    written += curves.write_curves(curves.curves_table(results, models, {m: runs_of(e) for m, e in models.items()},
+                                                       spots), out)
     runs = runs_table(frames, spots, floors, num_classes(results))
     if runs.empty:
         (out / RUNS_NAME).unlink(missing_ok=True)
