@@ -1,5 +1,8 @@
-# The active preset, checked, and what the rules read from it. All logic lives in par/workflow.py (torch-free,
-# unit-tested); this file only builds it once and adapts it to Snakemake's input/params functions.
+# The active preset, checked, and what the rules read from it. All logic lives in the package par/workflow/
+# (torch-free, unit-tested). Its `Experiment` (__init__.py) is one class per stage, in data.py, video.py, train.py,
+# evaluate.py and analysis.py (the header of each rules file names its own), over the `Preset` they share
+# (preset.py, with the runs, the files between stages and the resources); checks.py holds every check of the
+# config. This file only builds it once and adapts it to Snakemake's input/params functions.
 import os
 from pathlib import Path
 
@@ -54,6 +57,9 @@ wildcard_constraints:
     slot=r"\d+",
 
 
+# Input and params functions by wildcard, shared by the rules files. Each adapts one method of the stage module
+# named in the header of the rules file that uses it (train_args, in train.smk, of par/workflow/train.py), or of
+# preset.py.
 def train_args(wildcards):
     return experiment.train_args(wildcards.run)
 

@@ -1,4 +1,5 @@
 # Stage 1: images → VQ tokenizer → ten-crop token shards (+ the FID reference set).
+# Its arguments: par/workflow/data.py (DataArgs); what several rule files read: par/workflow/preset.py.
 
 
 rule tinyset:

@@ -1,6 +1,7 @@
 # Entropy analysis (paper §8): codes → codebook features → H(v_i | v_ref) maps and the n=4 entropy increase.
 # Each rule runs `par entropy ACTION`: par/analysis/entropy/cli.py, one file per step beside it (features.py,
 # estimate.py, maps.py, summary.py, figures.py).
+# Its arguments: par/workflow/analysis.py (AnalysisArgs); what several rule files read: par/workflow/preset.py.
 
 
 rule entropy_features:

@@ -1,5 +1,6 @@
 # Stage 4: FID / KID / precision-recall / IS with torch-fidelity (offline FID Inception).
 # `par evaluate`: par/eval/metrics/command.py; `evaluate` itself in par/eval/metrics/__init__.py.
+# Its arguments: par/workflow/evaluate.py (EvaluateArgs); what several rule files read: par/workflow/preset.py.
 
 
 rule evaluate:

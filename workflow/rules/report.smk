@@ -1,5 +1,6 @@
 # Stage 5: every table (Markdown, CSV, LaTeX) from the result files, then the report people read first. Both read
 # the config this run used (<results>/<preset>/workflow-config.yaml, written by common.smk), not config.yaml.
+# Its arguments: par/workflow/analysis.py (AnalysisArgs); what several rule files read: par/workflow/preset.py.
 
 
 rule tables:

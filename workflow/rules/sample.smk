@@ -1,5 +1,6 @@
 # Stage 3: sharded sampling → ADM npz (images) or clips npz (video), class grid (+ GIF/mp4 for video),
 # sampling.json (steps, latency, throughput).
+# Its arguments: par/workflow/evaluate.py (EvaluateArgs); what several rule files read: par/workflow/preset.py.
 
 
 rule sample:

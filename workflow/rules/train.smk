@@ -1,5 +1,6 @@
 # Stage 2: one training job per model (size × order × n × ablation). `par train` launches through submitit
 # (Slurm: requeue on timeout/preemption, re-attach when re-run) or in-process; it runs on the submit host.
+# Its arguments: par/workflow/train.py (TrainArgs); what several rule files read: par/workflow/preset.py.
 
 
 localrules:

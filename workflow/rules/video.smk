@@ -1,6 +1,7 @@
 # The video half (Table 4): clips → video tokenizer → token shards, then the FVD reference, the floors and the
 # FVD of every video run. Training, sampling and NLL are the image rules (train.smk, sample.smk, evaluate.smk):
 # a `modality: video` model reads the video tokens and tokenizer instead. Everything lives under <results>/video/.
+# Its arguments: par/workflow/video.py (VideoArgs); what several rule files read: par/workflow/preset.py.
 
 
 if not experiment.video_slots:
@@ -150,7 +151,7 @@ rule train_video_vq:
         out=output_folder,
         args=experiment.video_vq_train_args(),
     priority: 10  # the head of the critical path (tokens, then every training run): before the FVD reference
-    threads: experiment.threads("video_tokenizer", 2)
+    threads: experiment.threads("video_tokenizer")  # resources.video_tokenizer.cpus: tiny's 1 leaves a core free
     resources:
         **experiment.resources("video_tokenizer"),
     conda:
