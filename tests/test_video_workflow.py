@@ -105,8 +105,8 @@ def test_video_rule_flags():
     assert "--num-videos 1024 " in sv.prepare_video_args("test") and "--num-videos 6000 " in sv.prepare_video_args(
         "train")
     assert sv.video_tokenize_args() == "--batch-size 32"
-    assert sv.fvd_args() == "--frames 16 --batch-size 16 --bootstrap 50 --device cpu"
-    assert sv.fvd_stats_args() == "--max-clips 256 --frames 16 --batch-size 16 --device cpu"
+    assert sv.fvd_args() == "--frames 16 --batch-size 16 --bootstrap 50 --device auto"  # the job's GPU if it has one
+    assert sv.fvd_stats_args() == "--max-clips 256 --frames 16 --batch-size 16 --device auto"
     assert sv.video_floors == ["real", "recon"] and sv.video_floor_args() == "--max-clips 64"
     assert sv.resources("fvd") == {"mem_mb": 6000, "runtime": 60, "cpus_per_task": 2}
     # the tokenizer's own frames win over the clips'
@@ -322,8 +322,11 @@ def test_ucf101_slurm_dry_run_lists_every_video_job_with_its_gpus(tmp_path):
     assert f"--root {tmp_path}/ucf/UCF-101 " in out
 
 
-def test_ucf101_without_its_clip_folder_fails_the_dag_naming_the_key(tmp_path):
-    r = _snakemake("-n", "all_tables", "-s", SNAKEFILE, "--directory", str(tmp_path), "--config", "preset=ucf101",
-                   "--configfile", str(ROOT / "config.yaml"), _ucf_stand_in(tmp_path, root=False))
-    assert r.returncode != 0
-    assert f"presets.ucf101.video.clips.root: {tmp_path}/ucf/UCF-101: no such folder" in r.stdout + r.stderr
+def test_ucf101_without_its_clip_folder_is_named_by_the_dry_run_and_stops_a_real_run(tmp_path):
+    message = f"presets.ucf101.video.clips.root: {tmp_path}/ucf/UCF-101: no such folder"
+    args = ("all_tables", "-s", SNAKEFILE, "--directory", str(tmp_path), "--config", "preset=ucf101",
+            "--configfile", str(ROOT / "config.yaml"), _ucf_stand_in(tmp_path, root=False))
+    dry = _snakemake("-n", *args)
+    assert dry.returncode == 0 and message in dry.stdout + dry.stderr  # before the download: a warning (#25)
+    real = _snakemake("--cores", "1", *args)
+    assert real.returncode != 0 and message in real.stdout + real.stderr
