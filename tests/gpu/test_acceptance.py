@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from test_sample import tiny_models  # noqa: F401 (fixture: a small VQ and a PAR model, saved as the pipeline does)
 
 ON_CPU = os.environ.get("PAR_GPU_SUITE_ON_CPU") == "1" and not torch.cuda.is_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available() and not ON_CPU,
@@ -106,23 +107,6 @@ def test_flex_attention_gradients_equal_sdpa(report):
     rel = float((grads["flex"] - grads["sdpa"]).norm() / grads["sdpa"].norm())
     report["flex_attention"] = {"relative_grad_diff_vs_sdpa": rel}
     assert rel < 2e-2
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """A small VQ and a PAR model on it, saved as the pipeline saves them."""
-    from par import io
-    from par.core.model import Transformer, model_config
-    from par.data.tokenizer import VQConfig, VQModel, save_vq
-
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    vq = VQModel(VQConfig(ch=32, encoder_ch_mult=(1, 1, 1, 1, 2), decoder_ch_mult=(1, 1, 1, 1, 2), z_channels=32,
-                          codebook_size=64, codebook_embed_dim=8))
-    save_vq(vq, root / "vq.pt")
-    gpt = Transformer(model_config("tiny-S", grid=(4, 4), order="par", n=4, vocab_size=64, num_classes=5))
-    io.torch_save({"model": gpt.state_dict(), "config": gpt.config.to_dict()}, root / "gpt.pt")
-    return root
 
 
 def test_sample_compiled_nll_and_evaluate_on_the_gpu(tiny_models, tmp_path, report):
