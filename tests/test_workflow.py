@@ -1,6 +1,7 @@
 """Workflow: config validation, tables filled from result files, and (slow) the tiny DAG end to end."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -206,6 +207,8 @@ def test_cluster_dry_run_before_the_download_lists_every_job_and_warns_per_missi
     for run in experiment.runs:  # every model's training (or download) job is listed
         assert experiment.model_path(run) in out, run
     assert "rule report:" in out and "rule tables:" in out
+    if preset == "paper":  # the dry run says how often each long training job will be requeued (par plan)
+        assert re.search(r"train par-3B-n4/s0: par train asks the cluster for .*submitit requeues it ~1\d time", out)
     # a cluster job's threads are the CPUs Slurm gave it, not the submit host's --cores (2 here) that Snakemake
     # caps `threads` at (#25): every multi-threaded shell line reads SLURM_CPUS_PER_TASK first
     shells = [ln for ln in out.splitlines() if "OMP_NUM_THREADS=" in ln and "par train " not in ln]

@@ -36,11 +36,18 @@ class TrainArgs(Preset):
         """`par train --curve-tokens <folder of curve_manifest>`, or "" without a learning curve."""
         return quoted([a for m in self.curve_manifest(run) for a in ("--curve-tokens", os.path.dirname(m))])
 
-    def train_request(self, run: str) -> str:
+    def train_request(self, run: str, requeues: int | None = None) -> str:
         """What `par train` will ask the cluster for (submitit, inside the job's shell line), in words: the dry run
-        prints it, since the train rule itself runs on the submit host."""
+        prints it, since the train rule itself runs on the submit host. `requeues`: `par plan`'s count of the
+        job's time limits its training crosses (submitit requeues it each time)."""
         model, _ = self.split_run(run)
         r = self.preset.resources_for(self._entry(model).get("resources", "train"))
         where = ", ".join(f"{k} {v}" for k, v in r.placement().items())
         gpus = f"{r.nodes} node(s) × {r.gpus} GPU(s)" if r.gpus else f"{r.nodes} node(s), no GPU"
-        return f"{gpus}, {r.cpus} CPUs per task, {r.mem_mb // 1000} GB, {r.runtime} min" + (f", {where}" if where else "")
+        text = f"{gpus}, {r.cpus} CPUs per task, {r.mem_mb // 1000} GB, {r.runtime} min" + (f", {where}" if where else "")
+        return text + (f"; submitit requeues it ~{requeues} time(s) (par plan)" if requeues else "")
+
+    def trains_on_gpus(self) -> bool:
+        """Whether any training job of the preset asks for GPUs (then the dry run asks `par plan` for requeues)."""
+        return any(self.preset.resources_for(self._entry(m).get("resources", "train")).gpus
+                   for m in self.models if not (self.released(m) or self._entry(m).get("trained_as")))

@@ -65,7 +65,27 @@ def train_args(wildcards):
 
 
 def train_request(wildcards):
-    return experiment.train_request(wildcards.run)
+    return experiment.train_request(wildcards.run, planned_requeues().get(experiment.split_run(wildcards.run)[0]))
+
+
+_requeues = {}
+
+
+def planned_requeues() -> dict:
+    """`par plan`'s requeues per trained model, once per run of Snakemake. Its FLOPs need the network (torch), so
+    only a preset whose training asks for GPUs pays for it; a CPU preset's DAG never imports torch."""
+    if "models" not in _requeues:
+        _requeues["models"] = {}
+        if experiment.trains_on_gpus():
+            from par.train.plan import plan
+
+            try:
+                rows = plan(experiment.config_file, experiment.preset_name, experiment.results, 0.4)
+            except UserError as e:  # the plan is advice: say why it is missing, keep the DAG
+                logger.warning(f"par plan: {e} (no requeue counts in this dry run)")
+                rows = []
+            _requeues["models"] = {r["model"]: r.get("requeues") for r in rows}
+    return _requeues["models"]
 
 
 def sample_args(wildcards):
