@@ -412,7 +412,8 @@ def _workflow_dir(tmp_path: Path) -> Path:
     """A tiny-preset workflow folder with ready token shards and one model that trains (almost) forever."""
     cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
     t = cfg["presets"]["tiny"]
-    t["train"].update(max_steps=100_000, ckpt_every=100_000, log_every=1, launcher="inprocess")
+    # no learning curve: its held-out tokens would first need the whole tokenizer chain
+    t["train"].update(max_steps=100_000, ckpt_every=100_000, log_every=1, launcher="inprocess", curve_images=0)
     t["models"] = {"raster-n1": t["models"]["raster-n1"]}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     make_token_dir(tmp_path / "results/tiny/tokens")
@@ -446,64 +447,44 @@ def _job_of(snakemake: subprocess.Popen, timeout=120) -> int:
     pytest.fail("snakemake started no job")
 
 
+def _stop_mid_training(wd: Path, out: Path, steps: int, stop) -> int:
+    """Start Snakemake on the training job, let it log `steps` steps, stop Snakemake with `stop(snakemake)`, wait for
+    the job to go; Snakemake's exit status."""
+    sm = _snakemake_train(wd)
+    job = None
+    try:
+        job = _job_of(sm)
+        _wait_for(lambda: len(_steps(out / "log.jsonl")) >= steps, sm, what=f"step {steps}")
+        stop(sm)
+        _wait_for(lambda: _gone(job), timeout=30, what="the training job to stop")
+        return sm.wait(timeout=60)
+    finally:
+        _kill_if_running(sm.pid, job)
+
+
 @pytest.mark.slow
 def test_snakemake_sigterm_and_kill_9_stop_the_training_job_which_then_resumes(tmp_path):
     wd = _workflow_dir(tmp_path)
     out, job_log = wd / "results/tiny/models/raster-n1/s0", wd / "results/tiny/logs/train/raster-n1/s0.log"
     # SIGTERM to snakemake: the job saves at a step boundary and exits (Snakemake alone would wait for it to finish)
-    sm = _snakemake_train(wd)
-    job = None
-    try:
-        job = _job_of(sm)
-        _wait_for(lambda: len(_steps(out / "log.jsonl")) >= 10, sm, what="10 steps")
-        sm.send_signal(signal.SIGTERM)
-        _wait_for(lambda: _gone(job), timeout=30, what="the training job to stop")
-        assert sm.wait(timeout=60) == 1  # the job "failed" (75): nothing further runs
-    finally:
-        _kill_if_running(sm.pid, job)
+    assert _stop_mid_training(wd, out, 10, lambda sm: sm.send_signal(signal.SIGTERM)) == 1  # the job "failed" (75)
     first = _assert_stopped_and_saved(out, job_log)
     assert not (out / "model.pt").exists()
     # kill -9 of snakemake: the orphaned job notices, saves and exits; the run had resumed from `first`
-    sm = _snakemake_train(wd)
-    job = None
-    try:
-        job = _job_of(sm)
-        _wait_for(lambda: len(_steps(out / "log.jsonl")) >= first + 10, sm, what="10 more steps")
-        sm.kill()
-        sm.wait()
-        _wait_for(lambda: _gone(job), timeout=30, what="the orphaned training job to stop")
-    finally:
-        _kill_if_running(sm.pid, job)
+    _stop_mid_training(wd, out, first + 10, lambda sm: sm.kill())
     assert _assert_stopped_and_saved(out, job_log, after_parent_died=True) >= first + 10
-
 
 
 @pytest.mark.slow
 def test_snakemake_sigint_stops_the_training_job_like_sigterm_and_the_rerun_needs_no_flag(tmp_path):
     wd = _workflow_dir(tmp_path)
     out, job_log = wd / "results/tiny/models/raster-n1/s0", wd / "results/tiny/logs/train/raster-n1/s0.log"
-    sm = _snakemake_train(wd)
-    job = None
-    try:
-        job = _job_of(sm)
-        _wait_for(lambda: len(_steps(out / "log.jsonl")) >= 10, sm, what="10 steps")
-        sm.send_signal(signal.SIGINT)  # to Snakemake alone, as `kill -INT`
-        _wait_for(lambda: _gone(job), timeout=30, what="the training job to stop")
-        assert sm.wait(timeout=60) == 1
-    finally:
-        _kill_if_running(sm.pid, job)
+    # to Snakemake alone, as `kill -INT`
+    assert _stop_mid_training(wd, out, 10, lambda sm: sm.send_signal(signal.SIGINT)) == 1
     first = _assert_stopped_and_saved(out, job_log)
     assert not (out / "model.pt").exists()
-    sm = _snakemake_train(wd)  # no --rerun-incomplete: the run resumes from its checkpoint
-    job = None
-    try:
-        job = _job_of(sm)
-        _wait_for(lambda: len(_steps(out / "log.jsonl")) >= first + 3, sm, what="3 more steps")
-        sm.send_signal(signal.SIGTERM)
-        _wait_for(lambda: _gone(job), timeout=30, what="the training job to stop")
-        sm.wait(timeout=60)
-    finally:
-        _kill_if_running(sm.pid, job)
+    # no --rerun-incomplete: the run resumes from its checkpoint
+    _stop_mid_training(wd, out, first + 3, lambda sm: sm.send_signal(signal.SIGTERM))
     assert _assert_stopped_and_saved(out, job_log) >= first + 3
 
 
