@@ -305,19 +305,9 @@ def test_lists_have_a_blank_line_before_them_and_render_as_lists(run):
 
 
 def test_tiny_report_says_it_is_a_smoke_test(tmp_path):
-    from test_table4 import make_video_results
-
-    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
-    tiny = cfg["presets"]["tiny"]["models"]
-    video = {m: e for m, e in tiny.items() if tables.is_video(e)}  # the video half writes its own files
-    models = {m: (e, [1.3 + i / 100] * (e.get("seeds") or 1)) for i, (m, e) in enumerate(tiny.items())
-              if m not in video}
-    make_results(tmp_path / "r", models, nll=False, floors=False)
-    make_video_results(tmp_path / "r", {m: (e, [50.0 + i] * (e.get("seeds") or 1), [2.0 + i / 100] *
-                                            (e.get("seeds") or 1)) for i, (m, e) in enumerate(video.items())},
-                       floors=False, vq=False)
-    tables.write_tables(ROOT / "config.yaml", "tiny", tmp_path / "r", tmp_path / "a" / "tables")
-    md = report.build_report(ROOT / "config.yaml", "tiny", tmp_path / "r", tmp_path / "a").read_text()
+    tiny = yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]["tiny"]["models"]
+    video = {m: e for m, e in tiny.items() if tables.is_video(e)}
+    md = _tiny_report(tmp_path).read_text()
     assert md.splitlines()[2].startswith("**This is a smoke test of the plumbing, not evidence.**")
     assert ("## Video (Table 4)" in md) == bool(video)
 
