@@ -312,14 +312,16 @@ def _experiment(preset, edit=None):
 
 
 def test_trained_as_samples_the_runs_of_another_entry():
-    e = _experiment("small")
+    e = _experiment("small-ablations")
     assert e.model_path("arpg-n16steps/s2") == "results/small/models/arpg/s2/model.pt"
     assert [r for r in e.runs if r.startswith("arpg-n16steps/")] == [f"arpg-n16steps/s{k}" for k in range(3)]
     assert "--arpg-steps 31" in e.sample_args("arpg-n16steps/s1") and "--seed 1" in e.sample_args("arpg-n16steps/s1")
+    # its NLL is arpg's (the same weights), scored once
+    assert "arpg/s1" in e.nll_runs and not [r for r in e.nll_runs if r.startswith("arpg-n16steps/")]
     with pytest.raises(UserError, match="trained_as: 'nope' is not another model"):
-        _experiment("small", lambda m: m["arpg-n16steps"].update(trained_as="nope"))
+        _experiment("small-ablations", lambda m: m["arpg-n16steps"].update(trained_as="nope"))
     with pytest.raises(UserError, match="arpg-n16steps.seeds: it samples the runs of 'arpg', which has 3"):
-        _experiment("small", lambda m: m["arpg-n16steps"].update(seeds=2))
+        _experiment("small-ablations", lambda m: m["arpg-n16steps"].update(seeds=2))
 
 
 def test_released_arpg_weights_are_downloaded_and_skip_the_nll():

@@ -146,6 +146,25 @@ def test_sample_quality_scores_features_and_the_requested_classes(random_classif
         sample_quality(random_classifier, samples, samples, labels[:39], blocks=4)
 
 
+def test_reference_features_are_computed_once_per_reference_and_classifier(random_classifier, tmp_path,
+                                                                          monkeypatch):
+    import par.eval.classifier as clf
+
+    monkeypatch.setenv("PAR_CACHE_DIR", str(tmp_path / "cache"))
+    samples, ref = _random_images(40, seed=1), _random_images(40, seed=3)
+    ref_file = tmp_path / "reference.npz"
+    write_adm_npz(ref, ref_file)
+    first = sample_quality(random_classifier, samples, ref, blocks=4, reference_path=ref_file)
+    calls = []
+    real = clf.features_and_logits
+    monkeypatch.setattr(clf, "features_and_logits", lambda m, x, *a: calls.append(len(x)) or real(m, x, *a))
+    again = sample_quality(random_classifier, samples, ref, blocks=4, reference_path=ref_file)
+    assert calls == [40] and again == first  # the samples' features only: the reference's come from the cache
+    write_adm_npz(ref[::-1].copy(), ref_file)  # another reference file (its content keys the cache)
+    sample_quality(random_classifier, samples, ref[::-1].copy(), blocks=4, reference_path=ref_file)
+    assert calls == [40, 40, 40]
+
+
 # ------------------------------------------------------------------------------- par train-classifier
 
 

@@ -196,7 +196,7 @@ def read_run(results: Path, model: str, run: str, trained: str | None = None) ->
     if (m.get("classifier") or {}).get("test_accuracy") is not None:
         row["classifier_test_accuracy"] = float(m["classifier"]["test_accuracy"])
     row |= {"sample_commit": provenance.recorded(s)} | _training(results / "models" / (trained or model) / run)
-    nll = results / "nll" / model / f"{run}.json"
+    nll = results / "nll" / (trained or model) / f"{run}.json"  # one NLL per set of weights (Experiment.nll_runs)
     if nll.exists():
         d = json.loads(nll.read_text())
         row |= {"nll": _num(d.get("nll")), "nll_se": _num(d.get("nll_se")),

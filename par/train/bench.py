@@ -34,6 +34,9 @@ class Preset:
 PRESETS = {
     # the tiny preset's model on the paper's 24×24 grid (a CPU smoke test of the measurement)
     "cpu-tiny": Preset("tiny-S", "par", 4, (24, 24), 256, 8, 10, "cpu", "fp32"),
+    # the small preset's S model at its real shape (16×16 Fashion-MNIST tokens, batch 64): where its minutes go
+    "cpu-small": Preset("small-S", "par", 4, (16, 16), 512, 64, 20, "cpu", "fp32"),
+    "cpu-small-raster": Preset("small-S", "raster", 1, (16, 16), 512, 64, 20, "cpu", "fp32"),
     # the paper's PAR-L n=4 on one GPU: the target is MFU ≥ 40 % in bf16
     "paper-L": Preset("GPT-L", "par", 4, (24, 24), 16384, 32, 20, "cuda", "bf16", compile=True),
 }

@@ -69,7 +69,11 @@ class Preset:
         self.image_models = [m for m in self.models if not self.is_video(m)]
         self.video_runs = [r for r in self.runs if self.is_video(self.split_run(r)[0])]
         self.image_runs = [r for r in self.runs if r not in self.video_runs]
-        self.nll_runs = [r for r in self.runs if self.preset.models[self.split_run(r)[0]].score_nll
+        # held-out NLL once per trained model: an entry `trained_as` another shares its weights, so it reads that
+        # entry's NLL files (`par.analysis.tables.read_run`) instead of scoring the same checkpoint again
+        scored = {self.preset.models[m].trained_as or m for m in self.models if self.preset.models[m].score_nll}
+        self.nll_runs = [r for r in self.runs if self.split_run(r)[0] in scored
+                         and not self.preset.models[self.split_run(r)[0]].trained_as
                          and (self.preset.data.source != "none" or r in self.video_runs)]
         self.tables = sorted(self.settings.tables)
         self.config_file = f"{self.results}/{CONFIG_FILE_NAME}"

@@ -34,7 +34,8 @@ def classifier_metrics(samples, reference, weights, blocks: int) -> tuple[dict, 
     labels_file = Path(samples).parent / "labels.npy" if not isinstance(samples, np.ndarray) else None
     labels = np.load(labels_file) if labels_file is not None and labels_file.is_file() else None
     values = sample_quality(weights, _load_images(samples, None, "samples"),
-                            _load_images(reference, None, "reference"), labels, blocks)
+                            _load_images(reference, None, "reference"), labels, blocks,
+                            reference_path=None if isinstance(reference, np.ndarray) else reference)
     counts = {k: values.pop(k) for k in ("n_samples", "n_reference")}
     return values | {"counts": counts}, {} if labels is not None else {"class_accuracy": f"no labels.npy beside {samples}"}
 
