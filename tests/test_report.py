@@ -290,6 +290,25 @@ def test_report_sections_order_and_wording(run):
     assert (out / "figures" / "speed_vs_quality.png").stat().st_size > 0
 
 
+def test_the_report_says_where_the_time_went_from_the_benchmark_files(run):
+    preset, results, out = run
+    md = report.render_report({"tables": TABLES}, preset, "small", results, out).read_text()
+    assert "## Where the time went" not in md  # no benchmark files, no section
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rule, job, s, cpu in (("train", "par-n4/s0", 600.0, 580.0), ("train", "par-n4/s1", 300.0, 290.0),
+                              ("sample", "par-n4/s0", 100.0, 95.0)):
+        _write_text(results / "benchmarks" / rule / f"{job}.tsv", head + f"{s}\t0:10:00\t1\t1\t1\t1\t0\t0\t90\t{cpu}\n")
+    md = report.render_report({"tables": TABLES}, preset, "small", results, out).read_text()
+    assert md.index("## Where the time went") < md.index("## Provenance")
+    assert "16.7 job-minutes in all" in md
+    assert "| train | 2 | 15.0 | 90% | 14.5 |" in md and "| sample | 1 | 1.7 | 10% | 1.6 |" in md
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def test_lists_have_a_blank_line_before_them_and_render_as_lists(run):
     preset, results, out = run
     md = report.render_report({"tables": TABLES}, preset, "small", results, out).read_text()

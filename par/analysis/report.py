@@ -544,6 +544,35 @@ def _run_commits(analysis: Path) -> list[str]:
     return out
 
 
+def _timing(results: Path) -> list[str]:
+    """Where the run's time went: job-seconds per rule from Snakemake's benchmark files
+    (`<results>/benchmarks/<rule>/…tsv`, one per job). Jobs run side by side with `--cores`, so the sum exceeds the
+    elapsed time; the share says which stage to make faster."""
+    import pandas as pd
+
+    rows = []
+    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
+        try:
+            b = pd.read_csv(tsv, sep="\t")
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            continue
+        if len(b) and {"s", "cpu_time"} <= set(b.columns):
+            rows.append({"rule": tsv.relative_to(results / "benchmarks").parts[0], "s": float(b["s"].iloc[-1]),
+                         "cpu": float(b["cpu_time"].iloc[-1])})
+    if not rows:
+        return []
+    t = pd.DataFrame(rows).groupby("rule").agg(jobs=("s", "size"), s=("s", "sum"), cpu=("cpu", "sum"))
+    t = t.sort_values("s", ascending=False)
+    total = t["s"].sum()
+    lines = ["| rule | jobs | job time (min) | share | CPU time (min) |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {rule} | {int(r.jobs)} | {r.s / 60:.1f} | {r.s / total:.0%} | {r.cpu / 60:.1f} |"
+              for rule, r in t.iterrows()]
+    return ["## Where the time went", "",
+            f"Snakemake's benchmark file of every job (`{results}/benchmarks/`): {total / 60:.1f} job-minutes in all "
+            "(jobs run side by side, so more than the elapsed time; this report's own job is not counted).", "",
+            *lines, ""]
+
+
 def _provenance(preset_name: str, preset: dict, results: Path, analysis: Path) -> list[str]:
     import yaml
 
@@ -624,7 +653,7 @@ def render_report(cfg: dict, preset: dict, preset_name: str, results, analysis) 
         parts += _samples(preset, results, grids, rel) + _entropy(analysis, rel)
     if video:
         parts += _video(cfg, preset, results, analysis, grids, rel, images)
-    parts += _provenance(preset_name, preset, results, analysis)
+    parts += _timing(results) + _provenance(preset_name, preset, results, analysis)
     text = space_lists("\n".join(parts))
     io.write_text(analysis / "report.md", text)
     io.write_text(analysis / "report.html", to_html(text, f"PAR reproduction — {preset_name}"))
