@@ -424,7 +424,7 @@ def test_without_arpg_rows_there_is_no_arpg_verdict_or_section(tmp_path, run):
     assert not pd.read_csv(out / "tables" / "verdicts.csv").claim.str.startswith("ARPG").any()
     assert "ARPG" not in (out / "tables" / "table2.md").read_text()
     md = report.render_report({"tables": ARPG_TABLES}, preset, "small", results, out).read_text()
-    assert "## ARPG" not in md and "diamonds" not in md
+    assert "## ARPG" not in md and "diamonds" not in md and "see ARPG below" not in md
 
 
 def test_the_report_says_what_the_arpg_rows_are_and_their_verdicts(arpg_run):

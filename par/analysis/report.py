@@ -324,17 +324,18 @@ def _verdict_rows(analysis: Path, video: bool):
     return df[df["comparison"].map(verdicts.is_video_row) == video]
 
 
-def _verdicts(analysis: Path, with_video: bool = False) -> list[str]:
+def _verdicts(analysis: Path, with_video: bool = False, with_arpg: bool = True) -> list[str]:
     """The verdicts section (verdicts.md). `with_video`: the preset has video models too, whose claims the video
-    section shows: here only the others, with the rule."""
+    section shows: here only the others, with the rule. `with_arpg`: it has ARPG rows (see `_arpg`)."""
     md = analysis / "tables" / "verdicts.md"
     rows = _verdict_rows(analysis, video=False) if with_video and md.exists() else None
     if not md.exists() or (rows is not None and rows.empty):
         return ["## Verdicts", "", "_No claim of Table 3 could be judged: this preset lacks the rows or the metrics a "
                 "comparison needs._", ""]
     text = md.read_text().rstrip() if rows is None else f"{verdicts.rule_text(rows)}\n\n{verdicts.to_markdown(rows)}"
-    return ["## Verdicts", "", "Each claim of the paper's Table 3, judged separately on NLL and on sample quality; "
-            "ARPG's claim over Table 2 on sample quality only (see ARPG below).", "", text, ""]
+    arpg = "; ARPG's claim over Table 2 on sample quality only (see ARPG below)" if with_arpg else ""
+    return ["## Verdicts", "", f"Each claim of the paper's Table 3, judged separately on NLL and on sample quality{arpg}.",
+            "", text, ""]
 
 
 def _has_arpg(preset: dict) -> bool:
@@ -642,7 +643,8 @@ def render_report(cfg: dict, preset: dict, preset_name: str, results, analysis) 
         runs = _all_runs(preset, results, "images")
         plot = speed_plot(preset, results, analysis / "figures" / "speed_vs_quality.png",
                           {m: tables.summarize(r) for m, r in runs.items()})
-        parts += (_verdicts(analysis, with_video=video) + _arpg(preset, analysis) + _how_to_read()
+        parts += (_verdicts(analysis, with_video=video, with_arpg=_has_arpg(preset)) + _arpg(preset, analysis)
+                  + _how_to_read()
                   + _tokenizer(results, runs.values()))
         parts += _tables(cfg, analysis, _table_names(cfg, preset, "images"))
         parts += _curves(preset, results, analysis, rel)
