@@ -296,12 +296,13 @@ def test_the_report_says_where_the_time_went_from_the_benchmark_files(run):
     assert "## Where the time went" not in md  # no benchmark files, no section
     head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for rule, job, s, cpu in (("train", "par-n4/s0", 600.0, 580.0), ("train", "par-n4/s1", 300.0, 290.0),
-                              ("sample", "par-n4/s0", 100.0, 95.0)):
+                              ("sample", "par-n4/s0", 100.0, 95.0), ("report", "report", 50.0, 1.0)):
         _write_text(results / "benchmarks" / rule / f"{job}.tsv", head + f"{s}\t0:10:00\t1\t1\t1\t1\t0\t0\t90\t{cpu}\n")
     md = report.render_report({"tables": TABLES}, preset, "small", results, out).read_text()
     assert md.index("## Where the time went") < md.index("## Provenance")
     assert "16.7 job-minutes in all" in md
     assert "| train | 2 | 15.0 | 90% | 14.5 |" in md and "| sample | 1 | 1.7 | 10% | 1.6 |" in md
+    assert "| report |" not in md  # its own job (a previous render's) is left out
 
 
 def _write_text(path: Path, text: str) -> None:
