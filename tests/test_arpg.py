@@ -313,7 +313,7 @@ def _experiment(preset, edit=None):
 
 def test_trained_as_samples_the_runs_of_another_entry():
     e = _experiment("small-ablations")
-    assert e.model_path("arpg-n16steps/s2") == "results/small/models/arpg/s2/model.pt"
+    assert e.model_path("arpg-n16steps/s2") == "results/small-ablations/models/arpg/s2/model.pt"
     assert [r for r in e.runs if r.startswith("arpg-n16steps/")] == [f"arpg-n16steps/s{k}" for k in range(3)]
     assert "--arpg-steps 31" in e.sample_args("arpg-n16steps/s1") and "--seed 1" in e.sample_args("arpg-n16steps/s1")
     # its NLL is arpg's (the same weights), scored once
