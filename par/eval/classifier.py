@@ -115,26 +115,15 @@ def kid_with_se(feats: np.ndarray, ref: np.ndarray, blocks: int, seed: int = 0) 
 
 
 def reference_features(model, classifier_path, reference, reference_path=None) -> np.ndarray:
-    """The classifier's features of the reference set, cached per (reference file, classifier file) content: every
-    run of a workflow is scored against the same 5000 reference images, whose features are then computed once
-    instead of once per evaluated run (~30 s each on 2 CPU cores)."""
-    import hashlib
+    """The classifier's features of the reference set, cached per (reference file, classifier file) content
+    (`cached_features`): computed once per workflow instead of once per evaluated run (~30 s each on 2 CPU cores)."""
+    import torch
 
-    from par.eval.metrics.convert import cache_dir
+    from par.eval.metrics.reference import cached_features
 
-    if reference_path is None or not Path(reference_path).is_file():
-        return features_and_logits(model, reference)[0]
-    key = hashlib.sha256(f"{io.sha256_file(reference_path)}|{io.sha256_file(classifier_path)}".encode()).hexdigest()
-    cached = cache_dir() / f"classifier-reference-{key[:24]}.npy"
-    if cached.is_file():
-        feats = np.load(cached)
-        if feats.shape[0] == len(reference):
-            return feats
-    feats = features_and_logits(model, reference)[0]
-    with io.atomic_path(cached) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, feats)
-    return feats
+    feats = cached_features("classifier-reference", reference_path, io.sha256_file(classifier_path),
+                            lambda: torch.from_numpy(features_and_logits(model, reference)[0]))  # a weights_only load
+    return feats.numpy()
 
 
 def sample_quality(classifier_path, samples, reference, labels=None, blocks: int = 10, reference_path=None) -> dict:

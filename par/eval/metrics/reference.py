@@ -16,18 +16,24 @@ from par.eval.metrics.fidelity import FEATURE_DIM, features_of
 from par.io import sha256_file, torch_load, torch_save, verify
 
 
-def reference_features(path, images, max_images, extractor_sha: str, batch_size, cuda, extractor, verbose):
-    """Pool3 features of the reference set, cached per (file content, extractor, max_images): every model of
-    a workflow is scored against the same reference, whose features are then extracted once."""
+def cached_features(name: str, path, key: str, compute):
+    """`compute()`'s features of the reference file `path`, cached in `cache_dir()` per (its content, `key`):
+    every model of a workflow is scored against the same reference, whose features are then computed once."""
     if path is None or not Path(path).is_file():
-        return features_of(images, extractor, batch_size, cuda, verbose)
-    key = hashlib.sha256(f"{sha256_file(path)}|{extractor_sha}|{max_images}".encode()).hexdigest()[:24]
-    cached = cache_dir() / f"reference-features-{key}.pt"
+        return compute()
+    digest = hashlib.sha256(f"{sha256_file(path)}|{key}".encode()).hexdigest()[:24]
+    cached = cache_dir() / f"{name}-{digest}.pt"
     if cached.exists():
         return torch_load(cached)
-    feats = features_of(images, extractor, batch_size, cuda, verbose)
+    feats = compute()
     torch_save(feats, cached)
     return feats
+
+
+def reference_features(path, images, max_images, extractor_sha: str, batch_size, cuda, extractor, verbose):
+    """Pool3 features of the reference set, cached per (file content, extractor, max_images)."""
+    return cached_features("reference-features", path, f"{extractor_sha}|{max_images}",
+                           lambda: features_of(images, extractor, batch_size, cuda, verbose))
 
 
 def load_reference_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
