@@ -121,7 +121,9 @@ def reference_features(model, classifier_path, reference, reference_path=None) -
 
     from par.eval.metrics.reference import cached_features
 
-    feats = cached_features("classifier-reference", reference_path, io.sha256_file(classifier_path),
+    # the image count is in the key: `--max-images` may score a prefix of the same reference file
+    key = f"{io.sha256_file(classifier_path)}|{len(reference)}"
+    feats = cached_features("classifier-reference", reference_path, key,
                             lambda: torch.from_numpy(features_and_logits(model, reference)[0]))  # a weights_only load
     return feats.numpy()
 
