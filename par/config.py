@@ -337,8 +337,8 @@ class VQTrainSettings:
 class VideoVQTrainSettings:
     """The MAGVIT-v2-style video tokenizer (`par train-video-vq`): a causal 3D CNN and lookup-free quantization."""
 
-    frames: int = knob(17, "clip length trained and evaluated on: 1 + k · the temporal factor (random windows of "
-                           "longer clips)", minimum=1)
+    frames: int = knob(17, "frames per training window, 1 + k · the temporal factor (random windows of the clips; "
+                           "shorter = cheaper steps); the metrics use whole clips", minimum=1)
     bits: int = knob(10, "LFQ bits; vocabulary 2^bits (the paper: 16 → 65,536; MAGVIT-v2: 18)", minimum=1)
     ch: int = knob(8, "base width (the paper's size: 128)", minimum=1)
     ch_mult: str = knob("1,2,2,4", "width multiplier per level; spatial downsampling 2^(levels − 1)")

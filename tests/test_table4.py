@@ -64,7 +64,8 @@ def make_video_results(root: Path, models: dict = VIDEO, *, floors: bool = True,
         stats = {"psnr_db": 27.31, "psnr_db_se": 0.12, "codebook_usage": 0.85, "code_entropy_bits": 9.1, "clips": 32}
         _write(root / "video" / "vq" / "video_vq_metrics.json",
                {"after": stats | {"test": {**stats, "psnr_db": 26.9, "clips": 1024}}, "grid": [5, 8, 8],
-                "tokens_per_clip": 320, "vocab_size": 1024, "params": 1_234_567, "train_clips": 6000})
+                "tokens_per_clip": 320, "vocab_size": 1024, "params": 1_234_567, "train_clips": 6000,
+                "settings": {"steps": 2000}, "clip": [17, 32, 32], "train_window": 9})
     return {"models": {m: e for m, (e, _, _) in models.items()}}
 
 
@@ -227,7 +228,7 @@ def test_report_adds_a_video_section_and_leaves_the_image_part_as_it_was(images_
     assert "table4: PAR-4× better than PAR-16×" in video and "By the rule of the Verdicts section." in video
     assert "+5.7% of PAR-1×'s (99.5 vs 94.1), worse by more than the 5% margin" in video
     assert ("Video tokenizer: 1,234,567 parameters, token grid 5×8×8 = 320 tokens per clip, vocabulary 1,024, "
-            "trained on 6,000 clips; held-out: reconstruction PSNR 27.31 ± 0.12 dB on 32 clips, codebook usage "
+            "trained 2,000 steps on 6,000 clips in 9-frame windows; held-out: reconstruction PSNR 27.31 ± 0.12 dB on 32 clips, codebook usage "
             "85.0%, code entropy 9.10 bits; test split (never trained on): reconstruction PSNR 26.90 ± 0.12 dB on "
             "1,024 clips") in video
     assert ("Floors (FVD against the models' reference): held-out real clips 4.0 ± 0.5; the same clips through the "

@@ -1,5 +1,6 @@
 """MAGVIT-v2-style video tokenizer: causality, shapes, LFQ, a short training run, checkpoints."""
 
+import dataclasses
 import json
 import math
 
@@ -161,6 +162,19 @@ def test_short_training_lowers_reconstruction_error_and_checkpoint_round_trip(tm
     assert saved["heldout_clips"] == 6 and len(saved["after"]["psnr_per_frame_db"]) == 9
     v = load_video_vq(tmp_path / "vv" / "video_vq.pt")  # the config travels with the checkpoint
     assert v.cfg.bits == 8 and v.cfg.temporal_downsample == (True, True) and not v.training
+
+
+def test_short_training_windows_and_metrics_on_whole_clips(tmp_path):
+    """`frames` below the clips' length trains on random windows (cheaper steps); grid and PSNR are of whole
+    clips, the length the tokenizer codes downstream, and a window the factor cannot code is refused."""
+    clips = moving_squares(16, 9, 16, seed=0)
+    s = VideoVQTrainSettings(frames=5, bits=6, ch=8, ch_mult="1,2,2", temporal_downsample="1,1", res_blocks=1,
+                             steps=4, batch_size=2, lr=3e-3, heldout=4, device="cpu")
+    m = train_video_tokenizer(clips, s, tmp_path / "vv")
+    assert m["train_window"] == 5 and m["clip"] == [9, 16, 16] and m["grid"] == [3, 4, 4]
+    assert len(m["after"]["psnr_per_frame_db"]) == 9 and len(m["before"]["psnr_per_frame_db"]) == 9
+    with pytest.raises(UserError, match="video tokenizer: clip 4×16×16"):
+        train_video_tokenizer(clips, dataclasses.replace(s, frames=4), tmp_path / "bad")
 
 
 def test_save_load_gives_identical_codes_and_refuses_others(tmp_path):

@@ -430,7 +430,10 @@ def _video_tokenizer(results: Path) -> list[str]:
         if m.get("vocab_size"):
             words.append(f"vocabulary {m['vocab_size']:,}")
         if isinstance(m.get("train_clips"), int):
-            words.append(f"trained on {m['train_clips']:,} clips")
+            steps = (m.get("settings") or {}).get("steps")
+            window, clip = m.get("train_window"), (m.get("clip") or [None])[0]
+            words.append("trained " + (f"{steps:,} steps " if isinstance(steps, int) else "") + f"on {m['train_clips']:,} clips"
+                         + (f" in {window}-frame windows" if window and clip and window < clip else ""))
         text = "Video tokenizer: " + (", ".join(words) or "metrics file without a description")
         a = m.get("after") or {}
         for what, d in (("held-out", a), ("test split (never trained on)", a.get("test") or m.get("test") or {})):
